@@ -1,0 +1,134 @@
+"""Student front-ends: waveform -> frames, both as *valid* convolutions over samples.
+
+Each front-end maps ``(B, S)`` waveforms to ``(B, T, C)`` frames where output frame ``t``
+depends only on samples ``[t * stride, t * stride + receptive_field)``. No padding and no
+normalisation over time, so (i) padding never changes valid frames and (ii) streaming is
+exact with a sample buffer (:class:`SampleBuffer`).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def valid_conv_length(lengths: torch.Tensor, receptive_field: int, stride: int) -> torch.Tensor:
+    """Number of complete windows: ``max(0, (L - receptive_field) // stride + 1)``."""
+    return torch.div(lengths - receptive_field, stride, rounding_mode="floor").add(1).clamp(min=0)
+
+
+class WaveformCNN(nn.Module):
+    """wav2vec2-style convolutional feature extractor with per-frame LayerNorm.
+
+    Corresponds to fairseq's ``extractor_mode="layer_norm"`` (normalisation over channels
+    of each frame), never the group-norm mode, whose statistics over time depend on padding.
+
+    Args:
+        conv_layers: ``[(channels, kernel, stride), ...]``; fairseq's ``conv_feature_layers``.
+            The default gives 40 ms frames (stride 640 at 16 kHz).
+    Shapes:
+        ``(B, S)`` -> ``(B, T, channels[-1])``.
+    """
+
+    def __init__(self, conv_layers: Sequence[Tuple[int, int, int]] = ((128, 10, 5), (128, 3, 2), (128, 3, 2), (128, 3, 2), (128, 2, 2), (128, 2, 2), (128, 2, 2), (128, 2, 2))):
+        super().__init__()
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        in_ch = 1
+        rf, stride = 1, 1
+        for ch, k, s in conv_layers:
+            self.convs.append(nn.Conv1d(in_ch, ch, k, s, bias=False))
+            self.norms.append(nn.LayerNorm(ch))
+            rf += (k - 1) * stride
+            stride *= s
+            in_ch = ch
+        self.receptive_field, self.stride, self.output_dim = rf, stride, in_ch
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = wav.unsqueeze(1)
+        for conv, norm in zip(self.convs, self.norms):
+            x = nn.functional.gelu(norm(conv(x).transpose(1, 2)).transpose(1, 2))
+        return x.transpose(1, 2), valid_conv_length(lengths, self.receptive_field, self.stride)
+
+
+class FbankConv2d(nn.Module):
+    """Log-Mel filterbank (torchaudio ``MelSpectrogram``, ``center=False``) + Conv2d subsampling x4.
+
+    A 25 ms / 10 ms log-Mel front-end followed by two 3x3 stride-2 convolutions (ESPnet's
+    ``Conv2dSubsampling``), giving 40 ms frames. Features are scaled by fixed global
+    statistics (buffers ``mean``/``std``, set them from training data with
+    :meth:`set_global_stats`) so nothing is normalised over time.
+
+    Shapes:
+        ``(B, S)`` -> ``(B, T, channels * ((n_mels - 1) // 2 - 1) // 2)``.
+    """
+
+    def __init__(self, n_mels: int = 80, sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0, channels: int = 64):
+        super().__init__()
+        import torchaudio
+
+        win = int(sample_rate * win_ms / 1000)
+        self.hop = int(sample_rate * hop_ms / 1000)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=win, win_length=win, hop_length=self.hop, n_mels=n_mels, center=False
+        )
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+        self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2), nn.ReLU())
+        self.receptive_field = win + 6 * self.hop
+        self.stride = 4 * self.hop
+        self.output_dim = channels * (((n_mels - 1) // 2 - 1) // 2)
+
+    def set_global_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the per-bin log-Mel mean/std (``(n_mels,)`` each)."""
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=1e-5))
+
+    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` -> ``(B, frames, n_mels)`` normalised log-Mel."""
+        feats = (self.mel(wav) + 1e-6).log().transpose(1, 2)
+        return (feats - self.mean) / self.std
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(self.log_mel(wav).unsqueeze(1))  # (B, C, T', F')
+        b, c, t, f = x.shape
+        return x.permute(0, 2, 1, 3).reshape(b, t, c * f), valid_conv_length(lengths, self.receptive_field, self.stride)
+
+
+FRONTENDS = {"wav_cnn": WaveformCNN, "fbank": FbankConv2d}
+
+
+class SampleBuffer:
+    """Streams a valid-convolution front-end exactly.
+
+    Keeps the samples not yet fully consumed; :meth:`push` returns the frames whose whole
+    receptive field has arrived. Concatenating all outputs equals the front-end applied
+    to the whole waveform.
+    """
+
+    def __init__(self, receptive_field: int, stride: int):
+        self.rf, self.stride = receptive_field, stride
+        self.buf = torch.zeros(1, 0)
+
+    def push(self, samples: torch.Tensor) -> torch.Tensor:
+        """``(1, n)`` new samples -> ``(1, n_ready)`` samples covering exactly the ready frames."""
+        self.buf = torch.cat([self.buf, samples], dim=1)
+        n = self.buf.size(1)
+        if n < self.rf:
+            return self.buf[:, :0]
+        frames = (n - self.rf) // self.stride + 1
+        ready = self.buf[:, : (frames - 1) * self.stride + self.rf]
+        self.buf = self.buf[:, frames * self.stride :]
+        return ready
+
+
+def frontend_frames(frontend: nn.Module, chunks: List[torch.Tensor]) -> torch.Tensor:
+    """Run ``frontend`` incrementally over waveform ``chunks`` (each ``(1, n)``); returns ``(1, T, C)``."""
+    buf = SampleBuffer(frontend.receptive_field, frontend.stride)
+    outs = []
+    for c in chunks:
+        ready = buf.push(c)
+        if ready.size(1):
+            outs.append(frontend(ready, torch.tensor([ready.size(1)]))[0])
+    return torch.cat(outs, dim=1) if outs else torch.zeros(1, 0, frontend.output_dim)

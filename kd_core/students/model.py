@@ -1,0 +1,108 @@
+"""Streaming student: front-end + :class:`ChunkedEncoder` + optional CTC head, and its factories."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, List, Optional
+
+import torch
+from torch import nn
+
+from ..errors import require
+from .encoder import ChunkedEncoder
+from .frontends import FRONTENDS, SampleBuffer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentOutput:
+    """``hidden``: ``num_layers + 1`` tensors ``(B, T, D)``; ``lengths (B,)``; ``logits (B, T, V)`` or None."""
+
+    hidden: List[torch.Tensor]
+    lengths: torch.Tensor
+    logits: Optional[torch.Tensor] = None
+
+
+class StreamingStudent(nn.Module):
+    """Waveform -> frames -> chunked encoder -> CTC logits.
+
+    Args:
+        frontend: ``"wav_cnn"`` (wav2vec2-style waveform CNN) or ``"fbank"`` (log-Mel + Conv2d x4).
+        frontend_conf: keyword arguments of the front-end class.
+        vocab_size: CTC output size (``0``: no CTC head, e.g. pure feature distillation).
+        sample_rate: input sample rate in Hz.
+        **encoder_conf: :class:`ChunkedEncoder` arguments (``d_model``, ``num_layers``, ...).
+    Shapes:
+        ``forward``: ``(B, S)`` waveforms + ``(B,)`` sample lengths -> :class:`StudentOutput`.
+    """
+
+    def __init__(self, frontend: str = "fbank", frontend_conf: Optional[dict] = None, vocab_size: int = 0,
+                 sample_rate: int = 16000, **encoder_conf):
+        super().__init__()
+        require(frontend in FRONTENDS, f"frontend={frontend!r}: unknown; choose one of {sorted(FRONTENDS)}")
+        self.frontend = FRONTENDS[frontend](**(frontend_conf or {}))
+        self.encoder = ChunkedEncoder(self.frontend.output_dim, **encoder_conf)
+        self.ctc = nn.Linear(self.encoder.d_model, vocab_size) if vocab_size > 0 else None
+        self.sample_rate = sample_rate
+
+    @property
+    def frame_shift_ms(self) -> float:
+        return 1000.0 * self.frontend.stride / self.sample_rate
+
+    @property
+    def frontend_lookahead_ms(self) -> float:
+        """Samples beyond one stride that a frame needs, in ms (part of algorithmic latency)."""
+        return 1000.0 * (self.frontend.receptive_field - self.frontend.stride) / self.sample_rate
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor, chunk_size: Optional[int] = None) -> StudentOutput:
+        feats, flen = self.frontend(wav, lengths)
+        hidden, flen = self.encoder(feats, flen, chunk_size)
+        logits = self.ctc(hidden[-1]) if self.ctc is not None else None
+        return StudentOutput(hidden, flen, logits)
+
+    @torch.no_grad()
+    def stream(self, pieces: Iterable[torch.Tensor]) -> StudentOutput:
+        """Decode a waveform given as successive ``(1, n)`` pieces of any size, chunk by chunk.
+
+        Returns the concatenated outputs, equal to :meth:`forward` under the chunk mask.
+        """
+        buf = SampleBuffer(self.frontend.receptive_field, self.frontend.stride)
+        state = self.encoder.init_state()
+        outs: List[List[torch.Tensor]] = []
+        pieces = list(pieces) + [None]
+        for piece in pieces:
+            final = piece is None
+            ready = buf.push(piece) if not final else buf.buf[:, :0]
+            if ready.size(1):
+                feats, _ = self.frontend(ready, torch.tensor([ready.size(1)]))
+            else:
+                feats = torch.zeros(1, 0, self.frontend.output_dim)
+            hid, state = self.encoder.stream_step(feats, state, final=final)
+            outs.append(hid)
+        hidden = [torch.cat([o[k] for o in outs], dim=1) for k in range(len(outs[0]))]
+        logits = self.ctc(hidden[-1]) if self.ctc is not None else None
+        return StudentOutput(hidden, torch.tensor([hidden[-1].size(1)]), logits)
+
+
+def streaming_student(**kwargs) -> StreamingStudent:
+    """Factory: ``streaming_student(frontend="fbank", d_model=144, num_layers=6, chunk_size=12, vocab_size=30)``."""
+    model = StreamingStudent(**kwargs)
+    n = sum(p.numel() for p in model.parameters())
+    logger.info("student: %.2fM parameters, frame shift %.0f ms", n / 1e6, model.frame_shift_ms)
+    return model
+
+
+def student_tiny(**overrides) -> StreamingStudent:
+    """Preset for tests and the CI demo (~0.3M parameters)."""
+    conf = dict(frontend="fbank", frontend_conf=dict(n_mels=40, channels=16), d_model=64, num_layers=3,
+                num_heads=4, ffn_dim=128, conv_kernel=7, dropout=0.0)
+    conf.update(overrides)
+    return streaming_student(**conf)
+
+
+def student_small(**overrides) -> StreamingStudent:
+    """Preset at about 1/12 of a wav2vec2-base-sized teacher's parameters (~7M)."""
+    conf = dict(frontend="fbank", d_model=256, num_layers=8, num_heads=4, ffn_dim=1024, conv_kernel=15, dropout=0.1)
+    conf.update(overrides)
+    return streaming_student(**conf)

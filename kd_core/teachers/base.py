@@ -1,0 +1,93 @@
+"""Teacher interface: a frozen model that maps waveforms to all hidden layers.
+
+Every loader (fairseq, torchaudio, ESPnet) returns a :class:`Teacher`. Targets are exact:
+the teacher stays in eval mode with layer-drop off whatever ``.train()`` is called with, and
+runs utterance by utterance when its computation is padding-sensitive (e.g. a waveform CNN
+with group normalisation over time), so an utterance's targets never depend on its batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from ..errors import require
+
+
+@dataclass
+class TeacherOutput:
+    """Teacher targets.
+
+    Attributes:
+        hidden: ``num_layers + 1`` tensors ``(B, T, D)``: index 0 is the input to the first
+            transformer/conformer layer (after the front-end and projection), index ``i`` the
+            output of layer ``i``.
+        lengths: ``(B,)`` valid frames per utterance.
+        logits: ``(B, T, V)`` prediction-layer logits (CTC head) or ``None``.
+        frame_shift_ms: stride of ``hidden`` in milliseconds (20 for wav2vec2/HuBERT).
+    """
+
+    hidden: List[torch.Tensor]
+    lengths: torch.Tensor
+    logits: Optional[torch.Tensor] = None
+    frame_shift_ms: float = 20.0
+
+
+class Teacher(nn.Module):
+    """Frozen teacher. Subclasses implement :meth:`_forward_batch`.
+
+    Args:
+        padding_sensitive: when ``True`` each utterance is run alone (batch of one) so that
+            normalisation over time never sees another utterance's padding.
+        sample_rate: expected input sample rate in Hz.
+    """
+
+    num_layers: int = 0
+    hidden_size: int = 0
+    vocab_size: Optional[int] = None
+    frame_shift_ms: float = 20.0
+    sample_rate: int = 16000
+    padding_sensitive: bool = True
+
+    def freeze(self) -> "Teacher":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> "Teacher":  # noqa: D401 - always eval
+        """Teachers never leave eval mode (dropout and layer-drop stay off)."""
+        return super().train(False)
+
+    def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
+        """Compute targets.
+
+        Args:
+            wav: ``(B, S)`` float waveforms at :attr:`sample_rate`, zero-padded.
+            lengths: ``(B,)`` valid samples.
+        Returns:
+            :class:`TeacherOutput` with ``B`` rows, padded to the longest utterance.
+        """
+        require(wav.dim() == 2, f"teacher input: expected (B, samples) waveforms, got shape {tuple(wav.shape)}")
+        require(bool((lengths > 0).all()), "teacher input: empty audio (0 samples) in batch; drop empty utterances from the data")
+        if not self.padding_sensitive or wav.size(0) == 1:
+            return self._forward_batch(wav, lengths)
+        outs = [self._forward_batch(wav[i : i + 1, : int(lengths[i])], lengths[i : i + 1]) for i in range(wav.size(0))]
+        return _pad_outputs(outs)
+
+
+def _pad_outputs(outs: List[TeacherOutput]) -> TeacherOutput:
+    def pad(ts):
+        return nn.utils.rnn.pad_sequence([t[0] for t in ts], batch_first=True)
+
+    lengths = torch.cat([o.lengths for o in outs])
+    hidden = [pad([o.hidden[k][:, : int(o.lengths[0])] for o in outs]) for k in range(len(outs[0].hidden))]
+    logits = None
+    if outs[0].logits is not None:
+        logits = pad([o.logits[:, : int(o.lengths[0])] for o in outs])
+    return TeacherOutput(hidden=hidden, lengths=lengths, logits=logits, frame_shift_ms=outs[0].frame_shift_ms)

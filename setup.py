@@ -1,0 +1,19 @@
+"""Distil self-supervised speech teachers into small streaming students, inside ESPnet and fairseq."""
+from setuptools import find_packages, setup
+
+setup(
+    name="espnet-fairseq-kd",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else __doc__,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["kd_core", "kd_core.*", "espnet_kd", "espnet_kd.*", "fairseq_kd", "fairseq_kd.*"]),
+    install_requires=["torch>=2.1", "torchaudio>=2.1", "numpy", "soundfile", "pyyaml", "tqdm"],
+    extras_require={
+        "espnet": ["espnet==202511", "espnet-model-zoo==0.1.7", "sentencepiece"],
+        "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0"],
+        "test": ["pytest", "jiwer", "matplotlib"],
+    },
+    license="Apache-2.0",
+)

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Idempotent installer: system packages, a pinned .venv, and this project in editable mode.
+# Versions follow shared/INSTALL_NOTES.md (measured to co-install on Python 3.11, CPU only).
+# A second run with everything present only checks a stamp and returns in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+STAMP=$VENV/.kd_install_stamp
+WANT=$(cat tools/install.sh setup.py | sha256sum | cut -c1-16)
+
+log() { echo "[install] $*" >&2; }
+
+# 1. Debian packages (espeak-ng + sox synthesise the corpus; libsndfile backs soundfile; sctk scores recipes).
+need_apt=()
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+command -v sox >/dev/null || need_apt+=(sox)
+command -v sclite >/dev/null || need_apt+=(sctk)
+ldconfig -p 2>/dev/null | grep -q libsndfile || need_apt+=(libsndfile1)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/python" -c "import kd_core, espnet2, fairseq, torchaudio" 2>/dev/null; then
+  log "up to date ($VENV)"
+  exit 0
+fi
+
+# 2. Virtual environment with pinned, co-installable versions.
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install -U "pip<25" "setuptools<80" wheel
+log "torch 2.9.1 + torchaudio 2.9.1 (large download on first run)"
+"${PIP[@]}" install torch==2.9.1 torchaudio==2.9.1
+log "espnet 202511 + espnet_model_zoo 0.1.7 + tools"
+"${PIP[@]}" install torch==2.9.1 espnet==202511 espnet-model-zoo==0.1.7 sentencepiece jiwer pyyaml \
+  pytest soundfile matplotlib cython tqdm resampy
+if ! "$VENV/bin/python" -c "import fairseq.libbase" 2>/dev/null; then
+  log "fairseq-fixed 0.12.3.1, compiled against the installed torch (no build isolation, no cache)"
+  "${PIP[@]}" install hydra-core==1.3.2 omegaconf==2.3.0 bitarray sacrebleu regex cffi scikit-learn
+  "${PIP[@]}" install --no-build-isolation --no-cache-dir --no-deps fairseq-fixed==0.12.3.1
+fi
+log "this project (editable)"
+"${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+"$VENV/bin/python" -c "import kd_core, espnet2, fairseq, torchaudio; print('torch', __import__('torch').__version__)"
+echo "$WANT" > "$STAMP"
+log "done"
