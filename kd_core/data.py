@@ -1,0 +1,92 @@
+"""Audio loading with one-line errors, Kaldi-style data dirs, a character tokenizer, greedy CTC."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+from .errors import KDConfigError, require
+
+
+def load_audio(path: str, sample_rate: int = 16000) -> torch.Tensor:
+    """Read a mono wav with soundfile -> ``(S,)`` float32 in [-1, 1].
+
+    Raises :class:`KDConfigError` on a missing/unreadable file, a different sample rate or
+    empty audio, naming the file and the fix.
+    """
+    import soundfile as sf
+
+    require(os.path.isfile(path), f"{path}: audio file not found; fix the path in wav.scp / the manifest")
+    try:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for corrupt data
+        raise KDConfigError(f"{path}: cannot read audio ({type(e).__name__}); re-encode it as 16-bit PCM wav") from None
+    require(sr == sample_rate, f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz; resample (e.g. sox in.wav -r {sample_rate} out.wav)")
+    require(data.shape[0] > 0, f"{path}: empty audio (0 samples); remove it from the data list")
+    return torch.from_numpy(data.mean(axis=1))
+
+
+@dataclass
+class Utterance:
+    uid: str
+    path: str
+    text: str
+
+
+def read_kaldi_dir(data_dir: str) -> List[Utterance]:
+    """``wav.scp`` (``uid path``) + optional ``text`` (``uid words``) -> sorted utterances."""
+    scp = os.path.join(data_dir, "wav.scp")
+    require(os.path.isfile(scp), f"{scp}: not found; data dirs need wav.scp (and text)")
+    texts: Dict[str, str] = {}
+    tpath = os.path.join(data_dir, "text")
+    if os.path.isfile(tpath):
+        with open(tpath, encoding="utf-8") as f:
+            for line in f:
+                uid, _, words = line.rstrip("\n").partition(" ")
+                texts[uid] = words.strip()
+    out = []
+    with open(scp, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split(maxsplit=1)
+            require(len(parts) == 2, f"{scp}:{n}: expected 'utt_id /path/to.wav'")
+            out.append(Utterance(parts[0], parts[1].strip(), texts.get(parts[0], "")))
+    return sorted(out, key=lambda u: u.uid)
+
+
+def pad_batch(wavs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """List of ``(S_i,)`` -> ``(B, S_max)`` zero-padded + ``(B,)`` lengths."""
+    lengths = torch.tensor([w.numel() for w in wavs])
+    return torch.nn.utils.rnn.pad_sequence(list(wavs), batch_first=True), lengths
+
+
+class CharTokenizer:
+    """Characters with ``|`` as word boundary (fairseq's letter convention); index 0 is the CTC blank."""
+
+    def __init__(self, symbols: Sequence[str]):
+        self.symbols = ["<blank>"] + [s for s in symbols if s != "<blank>"]
+        self.index = {s: i for i, s in enumerate(self.symbols)}
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> "CharTokenizer":
+        return cls(sorted({c for t in texts for c in t.upper().replace(" ", "|")} | {"|"}))
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def encode(self, text: str) -> List[int]:
+        return [self.index[c] for c in text.upper().replace(" ", "|") if c in self.index]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join("".join(self.symbols[i] for i in ids if i > 0).replace("|", " ").split())
+
+
+def greedy_ctc(logits: torch.Tensor, lengths: torch.Tensor) -> List[List[int]]:
+    """Best path: argmax, merge repeats, drop blanks (0). ``logits (B, T, V)`` -> token ids per utterance."""
+    best = logits.argmax(-1)
+    out = []
+    for b in range(best.size(0)):
+        seq = torch.unique_consecutive(best[b, : int(lengths[b])])
+        out.append([int(i) for i in seq if i != 0])
+    return out
