@@ -18,6 +18,7 @@ command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 command -v sox >/dev/null || need_apt+=(sox)
 command -v sctk >/dev/null || need_apt+=(sctk)  # ESPnet scoring (sclite via `sctk sclite`)
 ldconfig -p 2>/dev/null | grep -q libsndfile || need_apt+=(libsndfile1)
+[ -f /usr/share/wordnet/data.verb ] || need_apt+=(wordnet-base)  # licence-clean benchmark sentences
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -105,3 +105,13 @@ def test_sample_buffer_reproduces_valid_conv():
         if ready.size(1):
             outs.append(cnn(ready, torch.tensor([ready.size(1)]))[0])
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-6, rtol=0)
+
+
+def test_dynamic_chunk_only_in_training():
+    torch.manual_seed(0)
+    model = student_tiny(chunk_size=2, dynamic_chunk=True)
+    assert model.encoder._chunk() == 2 or model.training
+    model.eval()
+    assert {model.encoder._chunk() for _ in range(50)} == {2}
+    model.train()
+    assert len({model.encoder._chunk() for _ in range(200)}) > 2
