@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""Speech corpora for tests, recipes and benchmarks: synthetic (espeak-ng + sox) and FSDD (real).
+
+Both write the same two outputs under ``OUT``:
+- Kaldi data dirs ``OUT/kaldi/<split>/{wav.scp,text,utt2spk,spk2utt}`` (sorted, absolute paths);
+- a fairseq manifest ``OUT/fairseq/{<split>.tsv,<split>.ltr,<split>.wrd,dict.ltr.txt}``.
+Audio is 16 kHz mono 16-bit wav under ``OUT/wav/<split>/``. Synthetic speech is deterministic
+by seed (byte-identical re-runs); the test split uses voices that training never uses.
+Every list file is written atomically, and existing wavs are reused, so a killed run resumes.
+
+Usage::
+
+    python tools/make_corpus.py synth --out data/synth --seed 0 --num-train 100
+    python tools/make_corpus.py synth --out data/bench --text-source wordnet --num-train 3000
+    python tools/make_corpus.py fsdd --fsdd-dir ../shared/data/fsdd --out data/fsdd
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kd_core.errors import KDConfigError, require  # noqa: E402
+
+log = logging.getLogger("make_corpus")
+
+# Accents x voice variants. Test speakers share neither the accent nor the variant with training.
+TRAIN_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-029"]
+TRAIN_VARIANTS = ["m1", "m3", "f2", "f4", "klatt", "m5"]
+TEST_ACCENTS = ["en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
+TEST_VARIANTS = ["m7", "f3", "klatt4"]
+DIGITS = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
+COLOURS = ["RED", "GREEN", "BLUE", "YELLOW", "BLACK", "WHITE", "ORANGE"]
+OBJECTS = ["BOX", "CHAIR", "DOOR", "LAMP", "TABLE", "WINDOW", "BOOK", "CUP"]
+VERBS = ["SET", "MOVE", "OPEN", "CLOSE", "PUT", "TAKE", "FIND", "BRING"]
+
+
+def grammar_sentence(rng: random.Random) -> str:
+    """A 3-8 word command from a small grammar that covers the ten digit words (FSDD's vocabulary)."""
+    digits = lambda n: [rng.choice(DIGITS) for _ in range(n)]  # noqa: E731
+    form = rng.randrange(4)
+    if form == 0:
+        words = [rng.choice(VERBS), "THE", rng.choice(COLOURS), rng.choice(OBJECTS), "TO"] + digits(rng.randint(1, 3))
+    elif form == 1:
+        words = [rng.choice(VERBS)] + digits(1) + [rng.choice(COLOURS), rng.choice(OBJECTS) + "S"]
+    elif form == 2:
+        words = ["CALL"] + digits(rng.randint(2, 7))
+    else:
+        words = [rng.choice(VERBS), "THE", rng.choice(OBJECTS), "NEAR", "THE", rng.choice(COLOURS), rng.choice(OBJECTS)]
+    return " ".join(words[:8])
+
+
+def speakers(split: str) -> List[str]:
+    accents, variants = (TEST_ACCENTS, TEST_VARIANTS) if split == "test" else (TRAIN_ACCENTS, TRAIN_VARIANTS)
+    return [f"{a}+{v}" for a in accents for v in variants]
+
+
+def spk_id(voice: str) -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "_", voice).replace("+", "_")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _check_tools() -> None:
+    for tool in ("espeak-ng", "sox"):
+        require(shutil.which(tool) is not None, f"{tool}: not found on PATH; install Debian's espeak-ng and sox (tools/install.sh does)")
+
+
+def _synth_one(job: Tuple[Path, str, str, int, int, float, Optional[float], int]) -> None:
+    path, text, voice, wpm, pitch, speed, snr_db, seed = job
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, out = os.path.join(tmp, "raw.wav"), os.path.join(tmp, "out.wav")
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", raw, text], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        effects = ["speed", f"{speed:.3f}"] if speed != 1.0 else []
+        subprocess.run(["sox", "-D", raw, "-r", "16000", "-c", "1", "-b", "16", out] + effects, check=True, stderr=subprocess.PIPE)
+        if snr_db is not None:
+            data, sr = sf.read(out, dtype="float32")
+            noise = np.random.default_rng(seed).standard_normal(len(data)).astype(np.float32)
+            scale = np.sqrt(np.mean(data ** 2) / (10 ** (snr_db / 10)) / np.mean(noise ** 2))
+            sf.write(out, np.clip(data + scale * noise, -1, 1), sr, subtype="PCM_16")
+        tmp_final = path.with_name(f".{path.name}.tmp.wav")
+        shutil.move(out, tmp_final)
+        os.replace(tmp_final, path)
+
+
+def write_outputs(out_dir: Path, split: str, utts: Sequence[Tuple[str, str, Path, str]], dict_from: bool) -> None:
+    """``utts``: (utt_id, speaker, wav path, text). Writes the Kaldi dir and the fairseq manifest of ``split``."""
+    utts = sorted(utts)
+    kdir = out_dir / "kaldi" / split
+    _atomic_write(kdir / "wav.scp", "".join(f"{u} {p.resolve()}\n" for u, _, p, _ in utts))
+    _atomic_write(kdir / "text", "".join(f"{u} {t}\n" for u, _, _, t in utts))
+    _atomic_write(kdir / "utt2spk", "".join(f"{u} {s}\n" for u, s, _, _ in utts))
+    spk2utt: Dict[str, List[str]] = {}
+    for u, s, _, _ in utts:
+        spk2utt.setdefault(s, []).append(u)
+    _atomic_write(kdir / "spk2utt", "".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
+    root = (out_dir / "wav").resolve()
+    fdir = out_dir / "fairseq"
+    tsv = [str(root)] + [f"{p.resolve().relative_to(root)}\t{sf.info(str(p)).frames}" for _, _, p, _ in utts]
+    _atomic_write(fdir / f"{split}.tsv", "\n".join(tsv) + "\n")
+    _atomic_write(fdir / f"{split}.wrd", "".join(f"{t}\n" for *_, t in utts))
+    ltr = [" ".join(t.replace(" ", "|")) + " |" for *_, t in utts]
+    _atomic_write(fdir / f"{split}.ltr", "".join(f"{line}\n" for line in ltr))
+    if dict_from:
+        counts = Counter(c for line in ltr for c in line.split())
+        _atomic_write(fdir / "dict.ltr.txt", "".join(f"{c} {n}\n" for c, n in sorted(counts.items(), key=lambda x: (-x[1], x[0]))))
+
+
+def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_valid: int = 20, num_test: int = 20, jobs: int = 2,
+                          noise_snr_db: Optional[float] = None, speed_perturb: bool = False, text_source: str = "grammar") -> dict:
+    """Synthesise train/valid/test splits; returns a summary (counts, voices per split, paths)."""
+    for opt, n in (("num_train", num_train), ("num_valid", num_valid), ("num_test", num_test)):
+        require(n > 0, f"{opt}={n}: must be a positive number of utterances")
+    require(text_source in ("grammar", "wordnet"), f"text_source={text_source!r}: use 'grammar' or 'wordnet'")
+    _check_tools()
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    pool = None
+    if text_source == "wordnet":
+        from text_sources import WORDNET_NOTICE, wordnet_sentences
+
+        pool = wordnet_sentences()
+        _atomic_write(out_dir / "TEXT_LICENSE.txt", WORDNET_NOTICE + "\n")
+    summary = {"seed": seed, "text_source": text_source, "noise_snr_db": noise_snr_db, "speed_perturb": speed_perturb, "splits": {}}
+    jobs_list = []
+    for split, n in (("train", num_train), ("valid", num_valid), ("test", num_test)):
+        voices = speakers(split)
+        utts = []
+        for i in range(n):
+            voice = voices[i % len(voices)]
+            text = rng.choice(pool) if pool else grammar_sentence(rng)
+            wpm, pitch = rng.randint(130, 190), rng.randint(25, 75)
+            speed = rng.choice([0.9, 1.0, 1.1]) if speed_perturb and split == "train" else 1.0
+            uid = f"{spk_id(voice)}-{split}-{i:05d}"
+            path = out_dir / "wav" / split / f"{uid}.wav"
+            jobs_list.append((path, text, voice, wpm, pitch, speed, noise_snr_db, seed * 1_000_003 + len(jobs_list)))
+            utts.append((uid, spk_id(voice), path, text))
+        summary["splits"][split] = {"count": n, "voices": sorted({spk_id(v) for v in voices[: min(n, len(voices))]}), "utts": utts}
+    train_spk = set(summary["splits"]["train"]["voices"]) | set(summary["splits"]["valid"]["voices"])
+    assert not train_spk & set(summary["splits"]["test"]["voices"]), "test voices must be unseen in training"
+    log.info("synthesising %d utterances with %d jobs", len(jobs_list), jobs)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        list(ex.map(_synth_one, jobs_list))
+    for split, info in summary["splits"].items():
+        write_outputs(out_dir, split, info.pop("utts"), dict_from=split == "train")
+    summary["kaldi"], summary["fairseq"] = str(out_dir / "kaldi"), str(out_dir / "fairseq")
+    _atomic_write(out_dir / "corpus.json", json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def prepare_fsdd(fsdd_dir, out_dir, max_per_split: Optional[int] = None, jobs: int = 2) -> dict:
+    """FSDD ``recordings/{digit}_{speaker}_{index}.wav`` (8 kHz) -> 16 kHz train (index 5-49) / test (0-4)."""
+    rec = Path(fsdd_dir) / "recordings"
+    require(rec.is_dir(), f"fsdd_dir={fsdd_dir}: no recordings/ folder; point it at the Free Spoken Digit Dataset (../shared/data/fsdd)")
+    require(shutil.which("sox") is not None, "sox: not found on PATH; install Debian's sox (tools/install.sh does)")
+    out_dir = Path(out_dir)
+    splits: Dict[str, list] = {"train": [], "test": []}
+    for f in sorted(rec.glob("*.wav"), key=lambda p: p.name):
+        digit, spk, idx = f.stem.split("_")
+        split = "test" if int(idx) < 5 else "train"
+        splits[split].append((f"{spk}-{digit}_{int(idx):02d}", spk, f, DIGITS[int(digit)]))
+    summary = {"source": str(rec), "license": "CC BY-SA 4.0 (Free Spoken Digit Dataset)", "splits": {}}
+    todo = []
+    for split, items in splits.items():
+        items = sorted(items)
+        if max_per_split:
+            items = items[:: max(1, len(items) // max_per_split)][:max_per_split]
+        utts = [(u, s, out_dir / "wav" / split / f"{u}.wav", t) for u, s, _, t in items]
+        todo += [(src, dst) for (_, _, src, _), (_, _, dst, _) in zip(items, utts) if not dst.exists()]
+        splits[split] = utts
+        summary["splits"][split] = {"count": len(utts), "speakers": sorted({s for _, s, _, _ in utts})}
+
+    def convert(pair):
+        src, dst = pair
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp.wav")
+        subprocess.run(["sox", "-D", str(src), "-r", "16000", "-c", "1", "-b", "16", str(tmp)], check=True, stderr=subprocess.PIPE)
+        os.replace(tmp, dst)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        list(ex.map(convert, todo))
+    for split, utts in splits.items():
+        write_outputs(out_dir, split, utts, dict_from=split == "train")
+    _atomic_write(out_dir / "corpus.json", json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synth", help="espeak-ng + sox synthetic corpus")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-train", type=int, default=100)
+    s.add_argument("--num-valid", type=int, default=20)
+    s.add_argument("--num-test", type=int, default=20)
+    s.add_argument("--jobs", type=int, default=2)
+    s.add_argument("--noise-snr-db", type=float, default=None)
+    s.add_argument("--speed-perturb", action="store_true")
+    s.add_argument("--text-source", default="grammar", choices=["grammar", "wordnet"])
+    f = sub.add_parser("fsdd", help="Free Spoken Digit Dataset, resampled to 16 kHz")
+    f.add_argument("--fsdd-dir", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--max-per-split", type=int, default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        if a.cmd == "synth":
+            summary = make_synthetic_corpus(a.out, a.seed, a.num_train, a.num_valid, a.num_test, a.jobs, a.noise_snr_db,
+                                            a.speed_perturb, a.text_source)
+        else:
+            summary = prepare_fsdd(a.fsdd_dir, a.out, a.max_per_split)
+    except KDConfigError as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps({k: v["count"] for k, v in summary["splits"].items()}))
+
+
+if __name__ == "__main__":
+    main()
