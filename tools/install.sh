@@ -45,6 +45,16 @@ if ! "$VENV/bin/python" -c "import fairseq.libbase" 2>/dev/null; then
   "${PIP[@]}" install hydra-core==1.3.2 omegaconf==2.3.0 bitarray sacrebleu regex cffi scikit-learn
   "${PIP[@]}" install --no-build-isolation --no-cache-dir --no-deps fairseq-fixed==0.12.3.1
 fi
+# ESPnet's import of g2p_en downloads NLTK data when absent (no network here). Empty placeholders at
+# $NLTK_DATA (the Makefile and tests point it at .venv/nltk_data) stop that; our recipes never use g2p.
+"$VENV/bin/python" - "$VENV/nltk_data" <<'PY'
+import os, sys, zipfile
+for rel in ("taggers/averaged_perceptron_tagger_eng.zip", "corpora/cmudict.zip"):
+    path = os.path.join(sys.argv[1], rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path):
+        zipfile.ZipFile(path, "w").close()
+PY
 log "this project (editable)"
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 "$VENV/bin/python" -c "import kd_core, espnet2, fairseq, torchaudio; print('torch', __import__('torch').__version__)"

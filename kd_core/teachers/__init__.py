@@ -1,0 +1,35 @@
+"""Frozen teachers behind one interface; toolkit imports happen inside each loader."""
+from __future__ import annotations
+
+from ..errors import require
+from .base import Teacher, TeacherOutput
+
+TEACHER_TYPES = ("fairseq", "torchaudio", "espnet")
+
+
+def load_teacher(teacher_type: str, teacher_path: str, **kwargs) -> Teacher:
+    """Load a frozen teacher.
+
+    Args:
+        teacher_type: ``"fairseq"`` (wav2vec2/HuBERT/wav2vec-CTC ``.pt``), ``"torchaudio"``
+            (factory name such as ``"hubert_base"`` or a fairseq ``.pt`` imported with
+            ``import_fairseq_model``) or ``"espnet"`` (packed zip or espnet_model_zoo name).
+        teacher_path: path or name, as above.
+        **kwargs: loader options (``data_dir`` for fairseq, ``cachedir`` for espnet,
+            ``normalize_waveform`` for torchaudio).
+    """
+    require(teacher_type in TEACHER_TYPES, f"teacher_type={teacher_type!r}: unknown; choose one of {', '.join(TEACHER_TYPES)}")
+    if teacher_type == "fairseq":
+        from .fairseq_teacher import load_fairseq_teacher
+
+        return load_fairseq_teacher(teacher_path, **kwargs)
+    if teacher_type == "torchaudio":
+        from .torchaudio_teacher import load_torchaudio_teacher
+
+        return load_torchaudio_teacher(teacher_path, **kwargs)
+    from .espnet_teacher import load_espnet_teacher
+
+    return load_espnet_teacher(teacher_path, **kwargs)
+
+
+__all__ = ["Teacher", "TeacherOutput", "TEACHER_TYPES", "load_teacher"]
