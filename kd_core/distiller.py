@@ -43,6 +43,9 @@ class Distiller(nn.Module):
                  teacher_layers: Optional[int] = None, teacher_shift_ms: Optional[float] = None, **loss_conf):
         super().__init__()
         self.teacher = teacher
+        require(teacher is None or teacher.sample_rate == student.sample_rate,
+                f"sample rates differ: teacher {getattr(teacher, 'sample_rate', None)} Hz, student {student.sample_rate} Hz; "
+                "set the student's sample_rate to the teacher's and resample the data")
         require(ctc_weight == 0 or student.ctc is not None, "ctc_weight>0 but the student has no CTC head; set vocab_size")
         self.student = student
         self.kd_weight, self.ctc_weight = kd_weight, ctc_weight

@@ -88,7 +88,7 @@ def _check_tools() -> None:
 
 
 def _synth_one(job: Tuple[Path, str, str, int, int, float, Optional[float], int]) -> None:
-    path, text, voice, wpm, pitch, speed, snr_db, seed = job
+    path, text, voice, wpm, pitch, speed, snr_db, seed, reverb = job
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +97,8 @@ def _synth_one(job: Tuple[Path, str, str, int, int, float, Optional[float], int]
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", raw, text], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         effects = ["speed", f"{speed:.3f}"] if speed != 1.0 else []
+        if reverb:  # sox's reverberance (%), deterministic; keeps the dry signal
+            effects += ["reverb", str(reverb), "gain", "-n", "-3"]
         subprocess.run(["sox", "-D", raw, "-r", "16000", "-c", "1", "-b", "16", out] + effects, check=True, stderr=subprocess.PIPE)
         if snr_db is not None:
             data, sr = sf.read(out, dtype="float32")
@@ -132,21 +134,25 @@ def write_outputs(out_dir: Path, split: str, utts: Sequence[Tuple[str, str, Path
 
 
 def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_valid: int = 20, num_test: int = 20, jobs: int = 2,
-                          noise_snr_db: Optional[float] = None, speed_perturb: bool = False, text_source: str = "grammar") -> dict:
+                          noise_snr_db: Optional[float] = None, speed_perturb: bool = False, text_source: str = "grammar",
+                          reverb: int = 0) -> dict:
     """Synthesise train/valid/test splits; returns a summary (counts, voices per split, paths)."""
     for opt, n in (("num_train", num_train), ("num_valid", num_valid), ("num_test", num_test)):
         require(n > 0, f"{opt}={n}: must be a positive number of utterances")
     require(text_source in ("grammar", "wordnet"), f"text_source={text_source!r}: use 'grammar' or 'wordnet'")
     _check_tools()
     out_dir = Path(out_dir)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # texts, voices' rate and pitch
+    aug_rng = random.Random(f"aug-{seed}")  # augmentation draws: turning one on never changes the texts
     pool = None
     if text_source == "wordnet":
         from text_sources import WORDNET_NOTICE, wordnet_sentences
 
         pool = wordnet_sentences()
         _atomic_write(out_dir / "TEXT_LICENSE.txt", WORDNET_NOTICE + "\n")
-    summary = {"seed": seed, "text_source": text_source, "noise_snr_db": noise_snr_db, "speed_perturb": speed_perturb, "splits": {}}
+    require(0 <= reverb <= 100, f"reverb={reverb}: a reverberance percentage in 0..100")
+    summary = {"seed": seed, "text_source": text_source, "noise_snr_db": noise_snr_db, "speed_perturb": speed_perturb,
+               "reverb": reverb, "splits": {}}
     jobs_list = []
     for split, n in (("train", num_train), ("valid", num_valid), ("test", num_test)):
         voices = speakers(split)
@@ -155,10 +161,11 @@ def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_vali
             voice = voices[i % len(voices)]
             text = rng.choice(pool) if pool else grammar_sentence(rng)
             wpm, pitch = rng.randint(130, 190), rng.randint(25, 75)
-            speed = rng.choice([0.9, 1.0, 1.1]) if speed_perturb and split == "train" else 1.0
+            speed = aug_rng.choice([0.9, 1.0, 1.1]) if speed_perturb and split == "train" else 1.0
             uid = f"{spk_id(voice)}-{split}-{i:05d}"
             path = out_dir / "wav" / split / f"{uid}.wav"
-            jobs_list.append((path, text, voice, wpm, pitch, speed, noise_snr_db, seed * 1_000_003 + len(jobs_list)))
+            rev = aug_rng.choice([0, reverb]) if reverb else 0  # about half of the utterances reverberant
+            jobs_list.append((path, text, voice, wpm, pitch, speed, noise_snr_db, seed * 1_000_003 + len(jobs_list), rev))
             utts.append((uid, spk_id(voice), path, text))
         summary["splits"][split] = {"count": n, "voices": sorted({spk_id(v) for v in voices[: min(n, len(voices))]}), "utts": utts}
     train_spk = set(summary["splits"]["train"]["voices"]) | set(summary["splits"]["valid"]["voices"])
@@ -223,6 +230,7 @@ def main(argv=None) -> None:
     s.add_argument("--noise-snr-db", type=float, default=None)
     s.add_argument("--speed-perturb", action="store_true")
     s.add_argument("--text-source", default="grammar", choices=["grammar", "wordnet"])
+    s.add_argument("--reverb", type=int, default=0, help="reverberance %% for half of the utterances (0 = off)")
     f = sub.add_parser("fsdd", help="Free Spoken Digit Dataset, resampled to 16 kHz")
     f.add_argument("--fsdd-dir", required=True)
     f.add_argument("--out", required=True)
@@ -232,7 +240,7 @@ def main(argv=None) -> None:
     try:
         if a.cmd == "synth":
             summary = make_synthetic_corpus(a.out, a.seed, a.num_train, a.num_valid, a.num_test, a.jobs, a.noise_snr_db,
-                                            a.speed_perturb, a.text_source)
+                                            a.speed_perturb, a.text_source, a.reverb)
         else:
             summary = prepare_fsdd(a.fsdd_dir, a.out, a.max_per_split)
     except KDConfigError as e:

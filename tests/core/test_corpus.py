@@ -107,12 +107,25 @@ def test_fsdd(tmp_path):
             assert sf.info(scp[uid]).samplerate == 16000
 
 
+def test_augmentations_change_audio_deterministically(corpus, tmp_path):
+    out, _ = corpus
+    aug = tmp_path / "aug"
+    make_synthetic_corpus(aug, seed=3, num_train=8, num_valid=3, num_test=4, noise_snr_db=20, reverb=50, speed_perturb=True)
+    again = tmp_path / "aug2"
+    make_synthetic_corpus(again, seed=3, num_train=8, num_valid=3, num_test=4, noise_snr_db=20, reverb=50, speed_perturb=True)
+    assert _digest(aug) == _digest(again)
+    assert (aug / "kaldi/train/text").read_text() == (out / "kaldi/train/text").read_text()  # same texts, other audio
+    clean, noisy = _digest(out), _digest(aug)
+    assert all(clean[k] != noisy[k] for k in clean if k.startswith("wav/"))
+
+
 def test_wordnet_sentences():
     sents = wordnet_sentences()
     assert len(sents) > 10_000 and all(s == normalise(s) and 3 <= len(s.split()) <= 12 for s in sents[:500])
 
 
-@pytest.mark.parametrize("kw,msg", [(dict(num_train=0), "num_train=0"), (dict(text_source="books"), "text_source='books'")])
+@pytest.mark.parametrize("kw,msg", [(dict(num_train=0), "num_train=0"), (dict(text_source="books"), "text_source='books'"),
+                                    (dict(reverb=150), "reverb=150")])
 def test_bad_options(tmp_path, kw, msg):
     with pytest.raises(KDConfigError, match=msg):
         make_synthetic_corpus(tmp_path, **kw)

@@ -75,5 +75,7 @@ def test_scratch_never_runs_teacher(teacher):
 def test_config_errors(teacher):
     with pytest.raises(KDConfigError, match="teacher layer 7 out of range; the teacher has layers 0..3"):
         _dist(teacher, layer_map="7:1")
+    with pytest.raises(KDConfigError, match="sample rates differ: teacher 16000 Hz, student 8000 Hz"):
+        Distiller(teacher, student_tiny(num_layers=2, sample_rate=8000), layer_map="3:2")
     with pytest.raises(KDConfigError, match="ctc_weight>0 but the student has no CTC head"):
         Distiller(teacher, student_tiny(num_layers=2), layer_map="3:2", ctc_weight=1.0)
