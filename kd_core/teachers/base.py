@@ -81,6 +81,20 @@ class Teacher(nn.Module):
         return _pad_outputs(outs)
 
 
+def normalize_waveform(wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its valid samples only; padding stays 0.
+
+    What fairseq's audio dataset does per file when ``task.normalize=True`` (wav2vec2 Large,
+    HuBERT Large): computing it over a padded batch would leak padding into the targets.
+    ``wav (B, S)``, ``lengths (B,)`` -> ``(B, S)``.
+    """
+    valid = torch.arange(wav.size(1), device=wav.device)[None, :] < lengths[:, None]
+    n = lengths[:, None].to(wav.dtype)
+    mean = (wav * valid).sum(1, keepdim=True) / n
+    var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
+    return ((wav - mean) / (var + 1e-5).sqrt()) * valid
+
+
 def _pad_outputs(outs: List[TeacherOutput]) -> TeacherOutput:
     def pad(ts):
         return nn.utils.rnn.pad_sequence([t[0] for t in ts], batch_first=True)

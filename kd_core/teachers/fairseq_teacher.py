@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import KDConfigError, require
-from .base import Teacher, TeacherOutput
+from .base import Teacher, TeacherOutput, normalize_waveform
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,11 @@ def _placeholder_data_dir(cfg, weights, tmp: str) -> None:
             f.writelines(f"sym{i} 1\n" for i in range(size - n_special))
 
 
-def build_fairseq_model(path: str, data_dir: Optional[str] = None) -> nn.Module:
-    """Build the checkpoint's model with fairseq's task registry and load its weights (strict)."""
+def build_fairseq_model(path: str, data_dir: Optional[str] = None):
+    """Build the checkpoint's model with fairseq's task registry and load its weights (strict).
+
+    Returns ``(model, cfg)``.
+    """
     from fairseq import tasks
     from omegaconf import open_dict
 
@@ -84,7 +87,7 @@ def build_fairseq_model(path: str, data_dir: Optional[str] = None) -> nn.Module:
         task = tasks.setup_task(cfg.task, from_checkpoint=True)
         model = task.build_model(cfg.model, from_checkpoint=True)
     model.load_state_dict(weights, strict=True, model_cfg=cfg.model)
-    return model
+    return model, cfg
 
 
 class FairseqTeacher(Teacher):
@@ -109,17 +112,14 @@ class FairseqTeacher(Teacher):
         for conv in self.w2v.feature_extractor.conv_layers:
             stride *= conv[0].stride[0]
         self.frame_shift_ms = 1000.0 * stride / sample_rate
-        self.padding_sensitive = isinstance(self.w2v.feature_extractor.conv_layers[0][-2], nn.GroupNorm) or any(
-            isinstance(m, nn.GroupNorm) for m in self.w2v.feature_extractor.conv_layers[0])
+        # extractor_mode="default": GroupNorm over time in the first conv block -> padding-sensitive
+        self.padding_sensitive = any(isinstance(m, nn.GroupNorm) for m in self.w2v.feature_extractor.conv_layers[0])
         self.freeze()
 
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         valid = torch.arange(wav.size(1))[None, :] < lengths[:, None]
-        if self.normalize:  # per-utterance over valid samples, like fairseq's dataset
-            n = lengths[:, None].to(wav.dtype)
-            mean = (wav * valid).sum(1, keepdim=True) / n
-            var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
-            wav = ((wav - mean) / (var + 1e-5).sqrt()) * valid
+        if self.normalize:
+            wav = normalize_waveform(wav, lengths)
         captured: List[torch.Tensor] = []
         hooks = [self.w2v.encoder.layers[0].register_forward_pre_hook(lambda m, a, kw: captured.append(a[0]), with_kwargs=True)]
         hooks += [layer.register_forward_hook(lambda m, a, out: captured.append(out[0])) for layer in self.w2v.encoder.layers]
@@ -138,10 +138,9 @@ class FairseqTeacher(Teacher):
 
 def load_fairseq_teacher(path: str, data_dir: Optional[str] = None) -> FairseqTeacher:
     """Load a fairseq ``wav2vec2``/``hubert``/``wav2vec_ctc`` checkpoint as a frozen :class:`FairseqTeacher`."""
-    model = build_fairseq_model(path, data_dir)
+    model, cfg = build_fairseq_model(path, data_dir)
     inner = model.w2v_encoder.w2v_model if hasattr(model, "w2v_encoder") else model
     require(hasattr(inner, "feature_extractor") and hasattr(inner, "encoder"),
             f"teacher_path={path}: model {type(inner).__name__} is not a wav2vec2/HuBERT model; use teacher_type=espnet or torchaudio")
-    state_cfg = read_fairseq_checkpoint(path)["cfg"]
-    normalize = bool(state_cfg.task.get("normalize", False))
-    return FairseqTeacher(model, normalize=normalize, sample_rate=int(state_cfg.task.get("sample_rate", 16000)))
+    normalize = bool(cfg.task.get("normalize", False))
+    return FairseqTeacher(model, normalize=normalize, sample_rate=int(cfg.task.get("sample_rate", 16000)))

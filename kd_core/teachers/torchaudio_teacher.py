@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import require
-from .base import Teacher, TeacherOutput
+from .base import Teacher, TeacherOutput, normalize_waveform
 
 
 class TorchaudioTeacher(Teacher):
@@ -42,12 +42,8 @@ class TorchaudioTeacher(Teacher):
         self.freeze()
 
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
-        valid = torch.arange(wav.size(1))[None, :] < lengths[:, None]
         if self.normalize:
-            n = lengths[:, None].to(wav.dtype)
-            mean = (wav * valid).sum(1, keepdim=True) / n
-            var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
-            wav = ((wav - mean) / (var + 1e-5).sqrt()) * valid
+            wav = normalize_waveform(wav, lengths)
         layers = self.model.encoder.transformer.layers
         captured: List[torch.Tensor] = []
         hooks = [layers[0].register_forward_pre_hook(lambda m, a: captured.append(a[0]))]
