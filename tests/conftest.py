@@ -1,23 +1,31 @@
 """Shared fixtures: tiny real teachers written once per session with the toolkits' own code."""
+import importlib.util
 import os
-import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("NLTK_DATA", str(ROOT / ".venv" / "nltk_data"))
-sys.path.insert(0, str(ROOT / "tools"))
+
+def _offline_nltk_data() -> str:
+    """g2p_en (imported by espnet2.tasks.asr) downloads two NLTK packages at import unless
+    ``nltk.data.find`` sees them (g2p_en/g2p.py); empty placeholders keep it quiet offline."""
+    root = Path(tempfile.mkdtemp(prefix="nltk_data_"))
+    for rel in ("taggers/averaged_perceptron_tagger_eng.zip", "corpora/cmudict.zip"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        zipfile.ZipFile(root / rel, "w").close()
+    return str(root)
+
+
+os.environ.setdefault("NLTK_DATA", _offline_nltk_data())
 
 
 @pytest.fixture(scope="session")
 def tiny_teachers(tmp_path_factory):
-    """``{name: path}`` of the tiny fairseq HuBERT / wav2vec2 / wav2vec2-CTC checkpoints and ESPnet zip."""
-    from make_tiny_teachers import make_tiny_teachers
-
-    return make_tiny_teachers(tmp_path_factory.mktemp("teachers"), seed=0)
-
-
-@pytest.fixture(scope="session")
-def zoo_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("zoo"))
+    """``{name: path}``: tiny fairseq HuBERT / wav2vec2 / wav2vec2-CTC checkpoints and an ESPnet zip."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "make_tiny_teachers.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_teachers", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_teachers(tmp_path_factory.mktemp("teachers"), seed=0)

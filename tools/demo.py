@@ -73,7 +73,8 @@ def train(step_fn, params, data, steps: int, batch_size: int, lr: float, seed: i
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     it, curve = batches(data, batch_size, random.Random(seed)), []
-    for step in tqdm(range(steps), desc=desc, mininterval=5, file=sys.stderr):
+    bar = tqdm(range(steps), desc=desc, mininterval=5, file=sys.stderr)
+    for step in bar:
         idx = next(it)
         loss, stats = step_fn([data[i] for i in idx])
         opt.zero_grad()
@@ -82,6 +83,8 @@ def train(step_fn, params, data, steps: int, batch_size: int, lr: float, seed: i
         opt.step()
         sched.step()
         curve.append(stats)
+        if step % 20 == 0:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k in ("ctc", "kd_layer")}, refresh=False)
     return curve
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Dict
 
 import torch
 
-log = logging.getLogger("make_tiny_teachers")
 LETTERS = list("|EAOTNIHSRDLUMWCFGYPBVK'XJQZ")
 # 20 ms frames like the real models (stride 5*2*2*2*2*2*2 = 320), 32-channel CNN.
 CONV = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"
@@ -107,8 +105,8 @@ def make_fairseq_w2v2(out: Path, labels: Path) -> Dict[str, Path]:
 
 def make_espnet_tiny(out: Path, seed: int = 0) -> Path:
     """Conformer CTC ASR model built by ESPnet's ``ASRTask``, packed with ``espnet2.bin.pack``."""
-    import yaml
     from espnet2.tasks.asr import ASRTask
+    from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 
     d = out / "espnet_asr_tiny"
     d.mkdir(parents=True, exist_ok=True)
@@ -120,19 +118,22 @@ def make_espnet_tiny(out: Path, seed: int = 0) -> Path:
         "--normalize", "utterance_mvn", "--encoder", "conformer",
         "--encoder_conf", "output_size=64", "--encoder_conf", "attention_heads=4", "--encoder_conf", "linear_units=128",
         "--encoder_conf", "num_blocks=2", "--encoder_conf", "cnn_module_kernel=7", "--encoder_conf", "input_layer=conv2d",
+        "--encoder_conf", "rel_pos_type=latest",  # conformer default "legacy" is deprecated
         "--decoder", "none", "--model_conf", "ctc_weight=1.0", "--use_preprocessor", "true",
     ])
     torch.manual_seed(seed)
     model = ASRTask.build_model(args)
     config = d / "config.yaml"
     with open(config, "w", encoding="utf-8") as f:
-        yaml.safe_dump(vars(args), f, indent=4, sort_keys=False)  # what AbsTask.main writes
+        yaml_no_alias_safe_dump(vars(args), f, indent=4, sort_keys=False)  # what AbsTask.main writes
     weights = d / "valid.acc.ave.pth"
     torch.save(model.state_dict(), weights)
     zip_path = out / "espnet_asr_tiny.zip"
-    subprocess.run([sys.executable, "-m", "espnet2.bin.pack", "asr", "--asr_train_config", str(config),
-                    "--asr_model_file", str(weights), "--outpath", str(zip_path)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=out)
+    proc = subprocess.run([sys.executable, "-m", "espnet2.bin.pack", "asr", "--asr_train_config", str(config),
+                           "--asr_model_file", str(weights), "--outpath", str(zip_path)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=out)
+    if proc.returncode != 0:
+        raise RuntimeError(f"espnet2.bin.pack failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
     return zip_path
 
 
@@ -160,5 +161,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -15,8 +15,13 @@ def load_teacher(teacher_type: str, teacher_path: str, **kwargs) -> Teacher:
             (factory name such as ``"hubert_base"`` or a fairseq ``.pt`` imported with
             ``import_fairseq_model``) or ``"espnet"`` (packed zip or espnet_model_zoo name).
         teacher_path: path or name, as above.
-        **kwargs: loader options (``data_dir`` for fairseq, ``cachedir`` for espnet,
-            ``normalize_waveform`` for torchaudio).
+        **kwargs: loader options (``data_dir`` for fairseq and torchaudio checkpoints,
+            ``cachedir`` for espnet, ``normalize_waveform`` / ``aux_is_ctc`` for torchaudio).
+
+    Raises:
+        KDConfigError: unknown ``teacher_type``; missing, corrupt or unsupported file (the
+            one-line message names ``teacher_path``). Every teacher exposes ``sample_rate``
+            for the caller's check.
     """
     require(teacher_type in TEACHER_TYPES, f"teacher_type={teacher_type!r}: unknown; choose one of {', '.join(TEACHER_TYPES)}")
     if teacher_type == "fairseq":

@@ -1,15 +1,18 @@
 """ESPnet ASR models (packed zip or espnet_model_zoo name) as frozen teachers.
 
-The zip is unpacked by ``espnet_model_zoo.downloader.ModelDownloader`` (works offline for a
-local file) and built with ``ASRTask.build_model_from_file``. Hidden states are captured with
+The model is unpacked by ``espnet_model_zoo.downloader.ModelDownloader.download_and_unpack``
+(offline for a local zip) and built with ``ASRTask.build_model_from_file``. Waveforms go
+through the model's own ``encode`` (frontend + normalize + encoder). Hidden states come from
 hooks on ``encoder.encoders[i]``: ``hidden[0]`` is the input of the first block (after the
-subsampling/positional encoding), ``hidden[i]`` the output of block ``i``; ``logits`` are the
-CTC projection of the encoder output.
+subsampling and positional encoding), ``hidden[i]`` the output of block ``i`` (before the
+final ``after_norm``); ``logits`` are ``ctc.ctc_lo`` of the encoder output.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -17,8 +20,15 @@ from torch import nn
 from ..errors import KDConfigError, require
 from .base import Teacher, TeacherOutput
 
+logger = logging.getLogger(__name__)
+# espnet/nets/pytorch_backend/transformer/subsampling.py: time reduction of each input layer
+SUBSAMPLING = {"Conv1dSubsampling1": 1, "Conv1dSubsampling2": 2, "Conv1dSubsampling3": 3, "Conv2dSubsampling": 4,
+               "Conv2dSubsampling1": 1, "Conv2dSubsampling2": 2, "Conv2dSubsampling6": 6, "Conv2dSubsampling8": 8,
+               "Linear": 1, "Sequential": 1, "Embedding": 1}
+
 
 def _first_tensor(x):
+    """Conformer blocks with relative positions pass ``((x, pos_emb), mask)``; others ``(x, mask)``."""
     while isinstance(x, (tuple, list)):
         x = x[0]
     return x
@@ -27,8 +37,10 @@ def _first_tensor(x):
 class EspnetTeacher(Teacher):
     """Frozen ``espnet2.asr.espnet_model.ESPnetASRModel``.
 
-    Always runs utterance by utterance (``padding_sensitive``): ESPnet's conformer convolution
-    modules see padded frames in a batch.
+    Always runs utterance by utterance (``padding_sensitive``): the conformer convolution
+    module sees padded frames (espnet/nets/pytorch_backend/conformer/encoder_layer.py calls
+    ``conv_module(x)`` without the mask) and the centred STFT reflects at the true end only
+    when the utterance is alone.
     """
 
     padding_sensitive = True
@@ -36,45 +48,106 @@ class EspnetTeacher(Teacher):
     def __init__(self, model: nn.Module, sample_rate: int = 16000):
         super().__init__()
         self.model = model
-        self.sample_rate = sample_rate
+        self.sample_rate = int(sample_rate)
+        require(getattr(model, "encoder", None) is not None and hasattr(model.encoder, "encoders"),
+                f"ESPnet encoder {type(getattr(model, 'encoder', None)).__name__} has no 'encoders' block list; unsupported")
+        require(getattr(model, "frontend", None) is not None,
+                "ESPnet model has no frontend (trained on pre-extracted features); a teacher needs a waveform frontend")
         self.blocks = model.encoder.encoders
         self.num_layers = len(self.blocks)
         self.hidden_size = model.encoder.output_size()
-        self.vocab_size = model.ctc.ctc_lo.out_features if getattr(model, "ctc", None) is not None else None
+        self.ctc_lo = model.ctc.ctc_lo if getattr(model, "ctc", None) is not None else None
+        self.vocab_size = None if self.ctc_lo is None else self.ctc_lo.out_features
+        stft = getattr(model.frontend, "stft", None)  # a centred STFT reflect-pads n_fft // 2 samples each side
+        self.min_samples = stft.n_fft // 2 + 1 if getattr(stft, "center", False) else 1
         self.freeze()
-        with torch.no_grad():  # frame shift from the model itself: frames per second of output
-            n1 = self._forward_batch(torch.zeros(1, sample_rate), torch.tensor([sample_rate])).lengths.item()
-            n2 = self._forward_batch(torch.zeros(1, 3 * sample_rate), torch.tensor([3 * sample_rate])).lengths.item()
-        self.frame_shift_ms = 2000.0 / (n2 - n1)
+        self.frame_shift_ms = self._frame_shift_ms()
+
+    def _frame_shift_ms(self) -> float:
+        """Frontend hop x encoder subsampling (e.g. 10 ms x 4 = 40 ms); measured if either is unknown."""
+        hop = getattr(self.model.frontend, "hop_length", None) if self.model.frontend is not None else None
+        factor = SUBSAMPLING.get(type(getattr(self.model.encoder, "embed", None)).__name__)
+        if hop is not None and factor is not None:
+            return 1000.0 * hop * factor / self.sample_rate
+        logger.info("frame shift of %s measured from its output lengths", type(self.model.encoder).__name__)
+        sr = self.sample_rate
+        n1, n2 = (int(self._forward_batch(torch.zeros(1, k * sr), torch.tensor([k * sr])).lengths) for k in (1, 3))
+        return 2000.0 / (n2 - n1)
 
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
-        captured: List[torch.Tensor] = []
-        hooks = [self.blocks[0].register_forward_pre_hook(lambda m, a: captured.append(_first_tensor(a[0])))]
-        hooks += [b.register_forward_hook(lambda m, a, out: captured.append(_first_tensor(out))) for b in self.blocks]
+        """``wav (B, S)``, ``lengths (B,)`` -> hidden ``num_layers + 1 x (B, T, D)``, logits ``(B, T, V)``."""
+        from espnet.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+
+        require(int(lengths.min()) >= self.min_samples, f"teacher input: utterance of {int(lengths.min())} samples is too "
+                f"short for the ESPnet frontend's centred STFT (needs {self.min_samples}); drop it")
+        captured = []
+
+        def grab_input(module, args):  # hooks return None: a value would replace args / output
+            captured.append(_first_tensor(args[0]))
+
+        def grab_output(module, args, out):
+            captured.append(_first_tensor(out))
+
+        hooks = [self.blocks[0].register_forward_pre_hook(grab_input)] + [b.register_forward_hook(grab_output) for b in self.blocks]
         try:
             enc, enc_len = self.model.encode(wav, lengths)
+        except TooShortUttError as e:
+            raise KDConfigError(f"teacher input: utterance of {int(lengths.min())} samples is too short for the ESPnet "
+                                f"encoder's subsampling ({e.actual_size} frames, needs at least {e.limit}); drop it") from None
         finally:
             for h in hooks:
                 h.remove()
-        logits = self.model.ctc.ctc_lo(enc) if self.vocab_size else None
+        enc = _first_tensor(enc)  # (out, intermediate CTC outputs) with interctc
+        logits = self.ctc_lo(enc) if self.ctc_lo is not None else None
         return TeacherOutput(hidden=captured, lengths=enc_len, logits=logits, frame_shift_ms=getattr(self, "frame_shift_ms", 0.0))
 
 
-def load_espnet_teacher(model: str, cachedir: Optional[str] = None) -> EspnetTeacher:
-    """``model``: a packed ESPnet ASR zip (``espnet2.bin.pack asr``) or an espnet_model_zoo name."""
+def _unpack(model: str, cachedir: Optional[str]) -> dict:
     from espnet_model_zoo.downloader import ModelDownloader
 
-    is_file = model.endswith(".zip") or os.path.sep in model
-    require(not is_file or os.path.isfile(model), f"teacher_path={model}: file not found; pass a zip made by 'espnet2.bin.pack asr' or a zoo name")
+    root = cachedir or os.path.join(os.path.expanduser("~"), ".cache", "espnet_kd_zoo")
+    if os.path.exists(model):
+        # ModelDownloader caches a local file by its path only and then skips unpacking
+        # (downloader.py unpack_local_file): key the cache on size + mtime too, so a rewritten
+        # zip at the same path is not served stale.
+        st = os.stat(model)
+        key = hashlib.sha1(f"{os.path.abspath(model)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        return ModelDownloader(os.path.join(root, "local", key)).download_and_unpack(os.path.abspath(model))
+    return ModelDownloader(root).download_and_unpack(model)
+
+
+def load_espnet_teacher(model: str, cachedir: Optional[str] = None) -> EspnetTeacher:
+    """Load an ESPnet ASR model as a frozen teacher.
+
+    Args:
+        model: a zip made by ``python -m espnet2.bin.pack asr ...`` or an espnet_model_zoo name
+            (downloaded on first use).
+        cachedir: where the model is unpacked (default ``~/.cache/espnet_kd_zoo``).
+    """
+    model = str(model)
+    looks_like_file = model.endswith((".zip", ".tar.gz", ".tgz")) or os.path.sep in model
+    require(os.path.exists(model) or not looks_like_file,
+            f"teacher_path={model}: file not found; pass a zip made by 'espnet2.bin.pack asr' or an espnet_model_zoo name")
+    require(not os.path.isdir(model), f"teacher_path={model}: is a directory; pass the packed zip made by 'espnet2.bin.pack asr'")
     try:
-        files = ModelDownloader(cachedir or os.path.join(os.path.expanduser("~"), ".cache", "espnet_kd_zoo")).download_and_unpack(
-            os.path.abspath(model) if is_file else model)
-    except Exception as e:
-        raise KDConfigError(f"teacher_path={model}: cannot unpack with espnet_model_zoo ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); pass a zip made by 'espnet2.bin.pack asr'") from None
-    require("asr_train_config" in files, f"teacher_path={model}: not an ESPnet ASR model (no asr_train_config in the pack)")
+        files = _unpack(model, cachedir)
+    except Exception as e:  # noqa: BLE001 - corrupt archive, unknown zoo name, no network
+        msg = str(e).splitlines()[0][:120] if str(e) else ""
+        raise KDConfigError(f"teacher_path={model}: cannot unpack with espnet_model_zoo ({type(e).__name__}: {msg}); "
+                            "pass a zip made by 'espnet2.bin.pack asr'") from None
+    require("asr_train_config" in files and "asr_model_file" in files,
+            f"teacher_path={model}: not an ESPnet ASR model (no asr_train_config/asr_model_file in the pack)")
     from espnet2.tasks.asr import ASRTask
 
-    asr, args = ASRTask.build_model_from_file(files["asr_train_config"], files["asr_model_file"], "cpu")
-    fs = int((getattr(args, "frontend_conf", None) or {}).get("fs", 16000))
-    return EspnetTeacher(asr, sample_rate=fs)
+    try:
+        asr, args = ASRTask.build_model_from_file(files["asr_train_config"], files["asr_model_file"], "cpu")
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).splitlines()[0][:160] if str(e) else ""
+        raise KDConfigError(f"teacher_path={model}: ESPnet cannot build the model ({type(e).__name__}: {msg}); "
+                            "pack it with the ESPnet version installed here") from None
+    fs = (getattr(args, "frontend_conf", None) or {}).get("fs", 16000)
+    if isinstance(fs, str):  # ESPnet accepts "16k" (espnet2/asr/frontend/default.py)
+        import humanfriendly
+
+        fs = humanfriendly.parse_size(fs)
+    return EspnetTeacher(asr.eval(), sample_rate=int(fs))

@@ -1,8 +1,15 @@
-"""fairseq wav2vec 2.0 / HuBERT / wav2vec-CTC checkpoints as frozen teachers.
+"""fairseq wav2vec 2.0 / HuBERT / CTC fine-tuned checkpoints as frozen teachers.
 
-Loads with fairseq's own ``checkpoint_utils`` + task/model registries. Checkpoints whose task
-data directory is absent here (every official one) load through a temporary directory with
-placeholder dictionaries sized from the checkpoint's weights; only their *sizes* matter.
+Loading goes through fairseq's own code: ``checkpoint_utils.load_checkpoint_to_cpu`` (inside
+``torch.serialization.safe_globals`` so official checkpoints that pickle ``argparse.Namespace``,
+fairseq ``Dictionary`` objects or numpy scalars load under torch's ``weights_only`` default),
+``tasks.setup_task`` + ``task.load_state_dict(task_state)`` + ``task.build_model`` and a strict
+``load_state_dict`` -- the steps of ``load_model_ensemble_and_task``.
+
+Official checkpoints name task data / label directories that do not exist on this machine;
+only the *sizes* of the dictionaries there matter for building the model, so the loader then
+writes placeholder ``dict.<label>.txt`` files, sized from the checkpoint's weights, into a
+temporary directory (``data_dir=`` points to real ones instead).
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import argparse
 import logging
 import os
 import tempfile
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,128 +26,249 @@ from ..errors import KDConfigError, require
 from .base import Teacher, TeacherOutput, normalize_waveform
 
 logger = logging.getLogger(__name__)
+N_SPECIAL = 4  # fairseq Dictionary: <s> <pad> </s> <unk>
 
 
-def read_fairseq_checkpoint(path: str):
-    """``checkpoint_utils.load_checkpoint_to_cpu`` allowing the ``argparse.Namespace`` of official checkpoints."""
+def _allowed_globals() -> list:
+    """What official fairseq checkpoints pickle besides tensors: all plain data containers."""
+    import numpy as np
+    from fairseq.data.dictionary import Dictionary
+
+    core = getattr(np, "_core", None) or np.core
+    scalar, reconstruct = core.multiarray.scalar, core.multiarray._reconstruct
+    numeric = {type(np.dtype(c)) for c in np.typecodes["AllFloat"] + np.typecodes["AllInteger"] + "?"}  # Float64DType, ...
+    return [argparse.Namespace, Dictionary, np.ndarray, np.dtype, *numeric, scalar, reconstruct,
+            (scalar, "numpy.core.multiarray.scalar"), (reconstruct, "numpy.core.multiarray._reconstruct")]
+
+
+def read_fairseq_checkpoint(path: str) -> dict:
+    """``checkpoint_utils.load_checkpoint_to_cpu(path)`` with the globals of official checkpoints allowed.
+
+    Returns fairseq's state dict (``cfg`` as a ``DictConfig``, ``model`` weights, ...).
+    """
     from fairseq import checkpoint_utils
 
     require(os.path.isfile(path), f"teacher_path={path}: file not found; pass an existing fairseq checkpoint (.pt)")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_allowed_globals()):
             state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    except Exception as e:
-        raise KDConfigError(f"teacher_path={path}: not a readable fairseq checkpoint ({type(e).__name__}); "
-                            "re-download it or pass the right file") from None
-    require(state.get("cfg") is not None and "model" in state, f"teacher_path={path}: no 'cfg'/'model' in the checkpoint; not a fairseq model")
+    except Exception as e:  # noqa: BLE001 - any failure here means "not a readable checkpoint"
+        hint = "re-download it or pass the right file"
+        try:
+            allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _allowed_globals()}
+            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+            if unsafe:
+                hint = f"it pickles objects outside the allow-list ({', '.join(unsafe[:5])}); re-save it with plain types"
+        except Exception:  # noqa: BLE001 - not a zip checkpoint at all
+            pass
+        raise KDConfigError(f"teacher_path={path}: not a readable fairseq checkpoint ({type(e).__name__}); {hint}") from None
+    require(isinstance(state, dict) and state.get("cfg") is not None and "model" in state,
+            f"teacher_path={path}: no 'cfg'/'model' entries; not a fairseq model checkpoint")
     return state
 
 
-def _placeholder_data_dir(cfg, weights, tmp: str) -> None:
-    """Write ``dict.<label>.txt`` files the task needs, sized from the checkpoint weights."""
+def _dict_files(task_cfg) -> List[str]:
+    """``dict.<label>.txt`` paths that ``tasks.setup_task(task_cfg)`` will read."""
+    labels = task_cfg.get("labels")
+    if not labels:
+        return []
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    folder = task_cfg.get("target_dictionary") or task_cfg.get("label_dir") or task_cfg.get("data") or ""
+    return [os.path.join(str(folder), f"dict.{lab}.txt") for lab in labels]
+
+
+def _placeholder_dicts(task_cfg, weights: dict, fine_tuned: bool, tmp: str, prefix: str = "") -> None:
+    """Point ``task_cfg`` at ``tmp`` and write its dictionaries there, sized from ``weights``.
+
+    Pre-training HuBERT: ``label_embs_concat`` rows = sum of dictionary sizes (hubert.py
+    ``num_classes``). Fine-tuned CTC: ``w2v_encoder.proj`` rows = ``len(target_dictionary)``.
+    """
     from omegaconf import open_dict
 
-    n_special = 4  # <s> <pad> </s> <unk>
-    with open_dict(cfg):
-        cfg.task.data = tmp
-        if "label_dir" in cfg.task:
-            cfg.task.label_dir = tmp
-    labels = cfg.task.get("labels")
-    if labels is None:
+    with open_dict(task_cfg):
+        task_cfg.data = tmp
+        for key in ("label_dir", "target_dictionary"):
+            if task_cfg.get(key) is not None:
+                task_cfg[key] = tmp
+    labels = task_cfg.get("labels")
+    if not labels:
         return
     labels = [labels] if isinstance(labels, str) else list(labels)
-    if "label_embs_concat" in weights:  # HuBERT pre-training: one table for all label sets
-        sizes = [weights["label_embs_concat"].size(0) // len(labels)] * len(labels)
-    elif "w2v_encoder.proj.weight" in weights:  # CTC fine-tuned: output size == len(dictionary)
-        sizes = [weights["w2v_encoder.proj.weight"].size(0)]
+    embs, proj = weights.get(prefix + "label_embs_concat"), weights.get("w2v_encoder.proj.weight")
+    if fine_tuned and proj is not None:
+        total = proj.size(0)
+    elif embs is not None:
+        total = embs.size(0)
     else:
-        sizes = [n_special + 1] * len(labels)
-    for label, size in zip(labels, sizes):
+        total = (N_SPECIAL + 1) * len(labels)
+    for label in labels:  # label sets of unequal size cannot be told apart: split evenly
         with open(os.path.join(tmp, f"dict.{label}.txt"), "w") as f:
-            f.writelines(f"sym{i} 1\n" for i in range(size - n_special))
+            f.writelines(f"sym{i} 1\n" for i in range(total // len(labels) - N_SPECIAL))
 
 
-def build_fairseq_model(path: str, data_dir: Optional[str] = None):
-    """Build the checkpoint's model with fairseq's task registry and load its weights (strict).
+def _prepare_cfg(cfg, weights: dict, data_dir: Optional[str], tmp: str) -> None:
+    """Make ``cfg`` buildable here: compat renames and data/label directories (in place)."""
+    from omegaconf import open_dict
 
-    Returns ``(model, cfg)``.
+    w2v_args = cfg.model.get("w2v_args")
+    fine_tuned = w2v_args is not None or cfg.model.get("w2v_path") is not None
+    if cfg.task.get("_name") == "audio_pretraining" and cfg.task.get("labels") and fine_tuned:
+        # Pre-0.10 CTC checkpoints (e.g. wav2vec_small_960h.pt) name task audio_pretraining with
+        # labels; here that task has no target_dictionary (fairseq_task.py: returns None) and
+        # Wav2VecCtc.build_model takes len() of it. audio_finetuning is its successor.
+        logger.info("task audio_pretraining with labels -> audio_finetuning")
+        with open_dict(cfg):
+            cfg.task._name = "audio_finetuning"
+    tasks_cfgs = [(cfg.task, fine_tuned, "")]
+    if w2v_args is not None and w2v_args.get("task") is not None:
+        tasks_cfgs.append((w2v_args.task, False, "w2v_encoder.w2v_model."))
+    if data_dir is not None:
+        for task_cfg, _, _ in tasks_cfgs:
+            with open_dict(task_cfg):
+                task_cfg.data = data_dir
+                for key in ("label_dir", "target_dictionary"):
+                    if task_cfg.get(key) is not None:
+                        task_cfg[key] = data_dir
+    elif not all(os.path.isfile(p) for t, _, _ in tasks_cfgs for p in _dict_files(t)):
+        logger.info("task dictionaries of %s not found here; using placeholders sized from the weights", cfg.task.get("data"))
+        for task_cfg, ft, prefix in tasks_cfgs:
+            _placeholder_dicts(task_cfg, weights, ft, tmp, prefix)
+    else:
+        return
+    if "data" in cfg.model:  # fine-tuned encoders copy model.data into w2v_args.task.data (wav2vec2_asr.py)
+        with open_dict(cfg):
+            cfg.model.data = cfg.task.data
+
+
+def build_fairseq_model(path: str, data_dir: Optional[str] = None) -> Tuple[nn.Module, object]:
+    """Build the checkpoint's model with fairseq's registries and load its weights (strict).
+
+    Returns ``(model, cfg)``; ``model`` is in eval mode.
     """
     from fairseq import tasks
-    from omegaconf import open_dict
 
     state = read_fairseq_checkpoint(path)
     cfg, weights = state["cfg"], state["model"]
-    data = data_dir or cfg.task.get("data")
-    label_dir = cfg.task.get("label_dir") or data
-    with tempfile.TemporaryDirectory() as tmp:
-        if data_dir is not None:
-            with open_dict(cfg):
-                cfg.task.data = data_dir
-                if "label_dir" in cfg.task:
-                    cfg.task.label_dir = data_dir
-        elif not (data and os.path.isdir(data) and os.path.isdir(label_dir)):
-            logger.info("task data dir %s not found; using placeholder dictionaries", data)
-            _placeholder_data_dir(cfg, weights, tmp)
-        if cfg.model.get("w2v_args") is not None:
-            with open_dict(cfg):
-                cfg.model.w2v_args.task.data = cfg.task.data
-        task = tasks.setup_task(cfg.task, from_checkpoint=True)
-        model = task.build_model(cfg.model, from_checkpoint=True)
-    model.load_state_dict(weights, strict=True, model_cfg=cfg.model)
-    return model, cfg
+    require(data_dir is None or os.path.isdir(data_dir), f"data_dir={data_dir}: not a directory; pass the folder holding dict.<label>.txt")
+    try:
+        with tempfile.TemporaryDirectory(prefix="kd_fairseq_dicts_") as tmp:
+            _prepare_cfg(cfg, weights, data_dir, tmp)
+            task = tasks.setup_task(cfg.task, from_checkpoint=True)
+            if state.get("task_state"):  # e.g. pickled dictionaries, as load_model_ensemble_and_task does
+                task.load_state_dict(state["task_state"])
+            model = task.build_model(cfg.model, from_checkpoint=True)
+        model.load_state_dict(weights, strict=True, model_cfg=cfg.model)
+    except KDConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - report one line naming the file
+        msg = str(e).splitlines()[0][:160] if str(e) else ""
+        raise KDConfigError(f"teacher_path={path}: fairseq cannot build this model ({type(e).__name__}: {msg}); "
+                            "pass data_dir= with the task's dict.<label>.txt files or a wav2vec2/HuBERT checkpoint") from None
+    return model.eval(), cfg
+
+
+def _conv_lengths(lengths: torch.Tensor, convs: List[Tuple[int, int]]) -> torch.Tensor:
+    """Frames of a stack of unpadded 1-d convs ``[(kernel, stride), ...]``: ``(L - k) // s + 1`` each."""
+    for k, s in convs:
+        lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+    return lengths
 
 
 class FairseqTeacher(Teacher):
-    """Frozen fairseq wav2vec2/HuBERT (optionally CTC fine-tuned) teacher.
+    """Frozen fairseq ``Wav2Vec2Model`` / ``HubertModel``, optionally inside a CTC model.
 
-    ``hidden[0]`` is the input of the first transformer layer (features + positional conv),
-    ``hidden[i]`` the output of transformer layer ``i``; ``logits`` come from the CTC
-    projection of fine-tuned models. Frame shift: the CNN's total stride (20 ms).
+    ``hidden[i]`` (``i >= 1``) is ``layer_results[i - 1][0]`` of the transformer encoder (the
+    layer's output ``x``; the other two items are attention weights and the FFN output before
+    the residual, wav2vec2.py ``TransformerEncoder.extract_features``). ``hidden[0]`` is the
+    input of ``encoder.layers[0]``: projected CNN features + positional conv, layer-normed when
+    ``layer_norm_first`` is False. ``logits`` are the CTC projection of the final encoder output.
+
+    Args:
+        model: a fairseq wav2vec2/HuBERT model or a ``Wav2VecCtc``/``HubertCtc`` wrapping one.
+        normalize: the checkpoint's ``task.normalize`` (per-utterance zero mean, unit variance).
     """
 
     def __init__(self, model: nn.Module, normalize: bool = False, sample_rate: int = 16000):
         super().__init__()
         self.model = model
-        self.w2v = model.w2v_encoder.w2v_model if hasattr(model, "w2v_encoder") else model
-        self.proj = getattr(getattr(model, "w2v_encoder", None), "proj", None)
+        encoder = getattr(model, "w2v_encoder", None)
+        self.w2v = encoder.w2v_model if encoder is not None else model
+        self.proj = getattr(encoder, "proj", None)
+        require(hasattr(self.w2v, "feature_extractor") and hasattr(self.w2v, "encoder"),
+                f"fairseq model {type(self.w2v).__name__} is not wav2vec2/HuBERT; use teacher_type=espnet or torchaudio")
         self.w2v.encoder.layerdrop = 0.0
-        self.normalize, self.sample_rate = normalize, sample_rate
+        self.normalize, self.sample_rate = bool(normalize), int(sample_rate)
         self.num_layers = len(self.w2v.encoder.layers)
         self.hidden_size = self.w2v.encoder.embedding_dim
         self.vocab_size = None if self.proj is None else self.proj.out_features
+        self.convs = [(b[0].kernel_size[0], b[0].stride[0]) for b in self.w2v.feature_extractor.conv_layers]
         stride = 1
-        for conv in self.w2v.feature_extractor.conv_layers:
-            stride *= conv[0].stride[0]
-        self.frame_shift_ms = 1000.0 * stride / sample_rate
-        # extractor_mode="default": GroupNorm over time in the first conv block -> padding-sensitive
+        for _, s in self.convs:
+            stride *= s
+        self.frame_shift_ms = 1000.0 * stride / self.sample_rate
+        # extractor_mode == "default": GroupNorm over time in the first conv block
         self.padding_sensitive = any(isinstance(m, nn.GroupNorm) for m in self.w2v.feature_extractor.conv_layers[0])
+        # HuBERT maps a sample padding mask to frames by reshaping it (hubert.py forward_padding_mask),
+        # which can mark one frame more valid than the conv length formula: give it frames directly.
+        self.frame_level_mask = hasattr(self.w2v, "forward_padding_mask")
         self.freeze()
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` samples -> ``(B,)`` frames (wav2vec2.py ``_get_feat_extract_output_lengths``)."""
+        if hasattr(self.w2v, "_get_feat_extract_output_lengths"):
+            return self.w2v._get_feat_extract_output_lengths(lengths)
+        return _conv_lengths(lengths, self.convs)
+
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
-        valid = torch.arange(wav.size(1))[None, :] < lengths[:, None]
+        """``wav (B, S)``, ``lengths (B,)`` -> hidden ``num_layers + 1 x (B, T, D)``, logits ``(B, T, V)``."""
+        frames = self.output_lengths(lengths)
+        require(bool((frames > 0).all()), f"teacher input: utterance of {int(lengths.min())} samples is shorter than "
+                "the teacher's CNN receptive field; drop it or pad it")
         if self.normalize:
             wav = normalize_waveform(wav, lengths)
-        captured: List[torch.Tensor] = []
-        hooks = [self.w2v.encoder.layers[0].register_forward_pre_hook(lambda m, a, kw: captured.append(a[0]), with_kwargs=True)]
-        hooks += [layer.register_forward_hook(lambda m, a, out: captured.append(out[0])) for layer in self.w2v.encoder.layers]
+        if self.frame_level_mask:
+            n = int(_conv_lengths(torch.tensor(wav.size(1)), self.convs))
+            pad = torch.arange(n)[None, :] >= frames[:, None]
+        else:
+            pad = torch.arange(wav.size(1))[None, :] >= lengths[:, None]
+        got = {}
+
+        def grab_input(module, args):  # hooks return None: a value would replace args / output
+            got["in"] = args[0]
+
+        def grab_output(module, args, out):
+            got["out"] = out
+
+        enc = self.w2v.encoder
+        hooks = [enc.layers[0].register_forward_pre_hook(grab_input), enc.register_forward_hook(grab_output)]
         try:
-            res = self.w2v(wav, padding_mask=~valid, mask=False, features_only=True)
+            # HuBERT's extract_features drops layer_results (hubert.py forward: ``x, _ = self.encoder``),
+            # so both are read from the encoder's own return value (x, layer_results).
+            self.w2v.extract_features(wav, padding_mask=pad if bool(pad.any()) else None, mask=False)
         finally:
             for h in hooks:
                 h.remove()
-        t = res["x"].size(1)
-        hidden = [h.transpose(0, 1)[:, :t] for h in captured]  # T x B x C -> B x T x C, drop seq-multiple padding
-        pad = res["padding_mask"]
-        out_len = torch.full((wav.size(0),), t, dtype=torch.long) if pad is None else (~pad).sum(1)
-        logits = self.proj(res["x"]) if self.proj is not None else None
-        return TeacherOutput(hidden=hidden, lengths=out_len, logits=logits, frame_shift_ms=self.frame_shift_ms)
+        x, layer_results = got["out"]
+        require(len(layer_results) == self.num_layers, f"fairseq encoder {type(enc).__name__} returned {len(layer_results)} "
+                f"layer results for {self.num_layers} layers (conformer encoders only return them per target layer); unsupported")
+        t = x.size(1)
+        hidden = [got["in"].transpose(0, 1)[:, :t]]  # T x B x C, padded to required_seq_len_multiple
+        hidden += [res[0].transpose(0, 1) for res in layer_results]
+        logits = self.proj(x) if self.proj is not None else None
+        return TeacherOutput(hidden=hidden, lengths=frames.clamp(max=t), logits=logits, frame_shift_ms=self.frame_shift_ms)
 
 
 def load_fairseq_teacher(path: str, data_dir: Optional[str] = None) -> FairseqTeacher:
-    """Load a fairseq ``wav2vec2``/``hubert``/``wav2vec_ctc`` checkpoint as a frozen :class:`FairseqTeacher`."""
+    """Load a fairseq ``wav2vec2`` / ``hubert`` / ``wav2vec_ctc`` (or ``hubert_ctc``) checkpoint.
+
+    Args:
+        path: the ``.pt`` file.
+        data_dir: folder with the task's ``dict.<label>.txt`` (overrides ``cfg.task.data`` and
+            ``label_dir``); by default the checkpoint's own, or placeholders when absent.
+    """
     model, cfg = build_fairseq_model(path, data_dir)
     inner = model.w2v_encoder.w2v_model if hasattr(model, "w2v_encoder") else model
     require(hasattr(inner, "feature_extractor") and hasattr(inner, "encoder"),
-            f"teacher_path={path}: model {type(inner).__name__} is not a wav2vec2/HuBERT model; use teacher_type=espnet or torchaudio")
-    normalize = bool(cfg.task.get("normalize", False))
-    return FairseqTeacher(model, normalize=normalize, sample_rate=int(cfg.task.get("sample_rate", 16000)))
+            f"teacher_path={path}: model {type(model).__name__} is not a wav2vec2/HuBERT model; use teacher_type=espnet or torchaudio")
+    return FairseqTeacher(model, normalize=bool(cfg.task.get("normalize", False)),
+                          sample_rate=int(cfg.task.get("sample_rate", 16000)))

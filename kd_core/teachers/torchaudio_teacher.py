@@ -1,13 +1,14 @@
 """torchaudio ``Wav2Vec2Model`` (wav2vec2 / HuBERT / WavLM) as a frozen teacher.
 
-Accepts a model object, a torchaudio factory name (random weights, e.g. for benchmarks), or a
-fairseq checkpoint converted with ``torchaudio.models.wav2vec2.utils.import_fairseq_model``.
-Hidden-state indexing matches :class:`~kd_core.teachers.fairseq_teacher.FairseqTeacher`.
+Accepts a model object, a ``torchaudio.models`` factory name (random weights, for tests and
+benchmarks; no network), or a fairseq checkpoint converted with
+``torchaudio.models.wav2vec2.utils.import_fairseq_model``. Hidden states line up index by
+index with :class:`~kd_core.teachers.fairseq_teacher.FairseqTeacher` on the same checkpoint.
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -15,64 +16,105 @@ from torch import nn
 from ..errors import require
 from .base import Teacher, TeacherOutput, normalize_waveform
 
+FACTORY_PREFIXES = ("wav2vec2_", "hubert_", "wavlm_")
+
 
 class TorchaudioTeacher(Teacher):
-    """Frozen torchaudio ``Wav2Vec2Model``.
+    """Frozen ``torchaudio.models.Wav2Vec2Model``.
+
+    ``hidden[1:]`` are ``model.extract_features(wav, lengths)`` (each transformer layer's
+    output); ``hidden[0]`` is the input of ``encoder.transformer.layers[0]`` (projected CNN
+    features + positional conv, layer-normed in post-LN models), the same tensor fairseq feeds
+    its first layer. ``logits`` are ``model.aux`` applied to the final encoder output.
 
     Args:
-        model: ``torchaudio.models.Wav2Vec2Model``; its ``aux`` head (if any) gives ``logits``.
-        normalize_waveform: zero-mean/unit-variance per utterance over valid samples (for
-            models pre-trained with fairseq's ``normalize=True``, e.g. wav2vec2 Large).
+        model: ``torchaudio.models.Wav2Vec2Model``.
+        normalize_waveform: zero-mean/unit-variance per utterance over its valid samples (for
+            models pre-trained with fairseq's ``task.normalize=True``, e.g. wav2vec2 Large).
+        aux_is_ctc: ``model.aux`` (if any) is a CTC head whose output is the ``logits``;
+            ``False`` leaves ``logits`` ``None``.
+        sample_rate: expected input rate in Hz.
     """
 
-    def __init__(self, model: nn.Module, normalize_waveform: bool = False, sample_rate: int = 16000):
+    def __init__(self, model: nn.Module, normalize_waveform: bool = False, aux_is_ctc: bool = True, sample_rate: int = 16000):
         super().__init__()
         self.model = model
-        self.normalize, self.sample_rate = normalize_waveform, sample_rate
+        self.normalize, self.sample_rate = bool(normalize_waveform), int(sample_rate)
         transformer = model.encoder.transformer
         transformer.layer_drop = 0.0
+        self.use_aux = aux_is_ctc and model.aux is not None
         self.num_layers = len(transformer.layers)
-        self.hidden_size = transformer.layers[0].attention.embed_dim
-        self.vocab_size = None if model.aux is None else model.aux.out_features
+        self.hidden_size = transformer.layer_norm.normalized_shape[0]
+        self.vocab_size = model.aux.out_features if self.use_aux else None
+        self.convs = [(b.conv.kernel_size[0], b.conv.stride[0]) for b in model.feature_extractor.conv_layers]
         stride = 1
-        for block in model.feature_extractor.conv_layers:
-            stride *= block.conv.stride[0]
-        self.frame_shift_ms = 1000.0 * stride / sample_rate
-        self.padding_sensitive = any(isinstance(b.layer_norm, nn.GroupNorm) for b in model.feature_extractor.conv_layers)
+        for _, s in self.convs:
+            stride *= s
+        self.frame_shift_ms = 1000.0 * stride / self.sample_rate
+        # "group_norm" extractor: GroupNorm over time in the first conv block (components.py ConvLayerBlock)
+        self.padding_sensitive = isinstance(model.feature_extractor.conv_layers[0].layer_norm, nn.GroupNorm)
         self.freeze()
 
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
+        """``wav (B, S)``, ``lengths (B,)`` -> hidden ``num_layers + 1 x (B, T, D)``, logits ``(B, T, V)``."""
+        frames = lengths
+        for k, s in self.convs:
+            frames = torch.div(frames - k, s, rounding_mode="floor") + 1
+        require(bool((frames > 0).all()), f"teacher input: utterance of {int(lengths.min())} samples is shorter than "
+                "the teacher's CNN receptive field; drop it or pad it")
         if self.normalize:
             wav = normalize_waveform(wav, lengths)
-        layers = self.model.encoder.transformer.layers
-        captured: List[torch.Tensor] = []
-        hooks = [layers[0].register_forward_pre_hook(lambda m, a: captured.append(a[0]))]
-        hooks += [layer.register_forward_hook(lambda m, a, out: captured.append(out[0])) for layer in layers]
+        transformer = self.model.encoder.transformer
+        got = {}
+
+        def grab_input(module, args):  # must return None, or the hook would replace the layer's arguments
+            got["in"] = args[0]
+
+        hook = transformer.layers[0].register_forward_pre_hook(grab_input)
         try:
-            out, out_len = self.model(wav, lengths)
+            layers, out_len = self.model.extract_features(wav, lengths)
         finally:
-            for h in hooks:
-                h.remove()
-        logits = out if self.model.aux is not None else None
-        return TeacherOutput(hidden=captured, lengths=out_len, logits=logits, frame_shift_ms=self.frame_shift_ms)
+            hook.remove()
+        logits = None
+        if self.use_aux:  # Transformer.forward's tail: final LayerNorm only in pre-LN models
+            last = layers[-1] if transformer.layer_norm_first else transformer.layer_norm(layers[-1])
+            logits = self.model.aux(last)
+        return TeacherOutput(hidden=[got["in"]] + list(layers), lengths=out_len, logits=logits, frame_shift_ms=self.frame_shift_ms)
 
 
-def load_torchaudio_teacher(source: str, normalize_waveform: Optional[bool] = None, **factory_kwargs) -> TorchaudioTeacher:
-    """``source``: a ``torchaudio.models`` factory name (``"hubert_base"``, random weights) or a
-    fairseq checkpoint path imported with ``import_fairseq_model``."""
+def load_torchaudio_teacher(factory_or_path: str, normalize_waveform: Optional[bool] = None, aux_is_ctc: bool = True,
+                            data_dir: Optional[str] = None, **factory_kwargs) -> TorchaudioTeacher:
+    """Build a :class:`TorchaudioTeacher`.
+
+    Args:
+        factory_or_path: a ``torchaudio.models`` factory name such as ``"wav2vec2_base"`` or
+            ``"hubert_base"`` (random weights), or a fairseq ``.pt`` checkpoint, loaded with
+            :func:`~kd_core.teachers.fairseq_teacher.load_fairseq_teacher` and converted with
+            ``import_fairseq_model``.
+        normalize_waveform: default: the checkpoint's ``task.normalize`` (factories: ``False``).
+        data_dir: forwarded to the fairseq loader.
+        **factory_kwargs: e.g. ``aux_num_out`` for factories.
+    """
     import torchaudio
 
-    if os.path.sep in source or source.endswith(".pt"):
+    source = str(factory_or_path)
+    if os.path.exists(source) or source.endswith(".pt") or os.path.sep in source:
+        require(os.path.isfile(source), f"teacher_path={source}: file not found; pass an existing fairseq checkpoint (.pt) "
+                "or a torchaudio factory name such as hubert_base")
         from torchaudio.models.wav2vec2.utils import import_fairseq_model
 
         from .fairseq_teacher import load_fairseq_teacher
 
-        fs = load_fairseq_teacher(source)
-        model = import_fairseq_model(getattr(fs.model, "w2v_encoder", fs.model))  # CTC: import the encoder + proj
+        fs = load_fairseq_teacher(source, data_dir=data_dir)
+        # CTC models: import the encoder (w2v_model + proj -> aux); import_fairseq.py dispatches on the class name
+        model = import_fairseq_model(getattr(fs.model, "w2v_encoder", fs.model)).eval()
         norm = fs.normalize if normalize_waveform is None else normalize_waveform
-        return TorchaudioTeacher(model, normalize_waveform=norm, sample_rate=fs.sample_rate)
+        return TorchaudioTeacher(model, normalize_waveform=norm, aux_is_ctc=aux_is_ctc, sample_rate=fs.sample_rate)
     factory = getattr(torchaudio.models, source, None)
-    require(callable(factory) and source.startswith(("wav2vec2", "hubert", "wavlm")),
-            f"teacher_path={source!r}: not a torchaudio wav2vec2/hubert/wavlm factory nor a checkpoint path; "
+    require(callable(factory) and source.startswith(FACTORY_PREFIXES),
+            f"teacher_path={source!r}: not a torchaudio wav2vec2/hubert/wavlm factory nor an existing checkpoint; "
             "use e.g. 'hubert_base' or /path/to/model.pt")
-    return TorchaudioTeacher(factory(**factory_kwargs), normalize_waveform=bool(normalize_waveform))
+    model = factory(**factory_kwargs)
+    require(isinstance(model, torchaudio.models.Wav2Vec2Model),
+            f"teacher_path={source!r}: builds a {type(model).__name__}, not a Wav2Vec2Model; use e.g. 'hubert_base'")
+    return TorchaudioTeacher(model.eval(), normalize_waveform=bool(normalize_waveform), aux_is_ctc=aux_is_ctc)

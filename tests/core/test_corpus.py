@@ -1,13 +1,17 @@
 """Synthetic corpus (espeak-ng + sox) and FSDD preparation: determinism, splits, formats, errors."""
 import hashlib
+import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+sys.path.insert(0, str(TOOLS))
+import make_corpus  # noqa: E402
 from make_corpus import DIGITS, make_synthetic_corpus, prepare_fsdd  # noqa: E402
 from text_sources import normalise, wordnet_sentences  # noqa: E402
 
@@ -17,8 +21,15 @@ FSDD = Path(__file__).resolve().parents[3] / "shared/data/fsdd"
 
 
 def _digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "corpus.json" and p.suffix != ".scp" and p.suffix != ".tsv"}
+    """md5 of every output file; absolute paths (wav.scp, *.tsv) are made relative to ``root`` first."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "corpus.json":  # corpus.json records the absolute output dir
+            data = p.read_bytes()
+            if p.name == "wav.scp" or p.suffix == ".tsv":
+                data = data.replace(str(root.resolve()).encode(), b"ROOT")
+            out[str(p.relative_to(root))] = hashlib.md5(data).hexdigest()
+    return out
 
 
 def _read(path):
@@ -35,7 +46,8 @@ def test_deterministic_by_seed(corpus, tmp_path):
     out, _ = corpus
     again = tmp_path / "again"
     make_synthetic_corpus(again, seed=3, num_train=8, num_valid=3, num_test=4)
-    assert _digest(out) == _digest(again) and len(_digest(out)) > 15
+    assert _digest(out) == _digest(again) and sum(k.endswith(".wav") for k in _digest(out)) == 15
+    assert sum(k.endswith((".scp", ".tsv")) for k in _digest(out)) == 6
     other = tmp_path / "other"
     make_synthetic_corpus(other, seed=4, num_train=8, num_valid=3, num_test=4)
     assert (out / "kaldi/train/text").read_text() != (other / "kaldi/train/text").read_text()
@@ -47,6 +59,11 @@ def test_test_voices_unseen_in_training(corpus):
     test = set(_read(out / "kaldi/test/utt2spk").values())
     assert test and train and not train & test
     assert set(summary["splits"]["test"]["voices"]) == test
+    pools = {split: {make_corpus.spk_id(v) for v in make_corpus.speakers(split)} for split in ("train", "valid", "test")}
+    assert not (pools["train"] | pools["valid"]) & pools["test"]  # the whole pools, not just the voices drawn
+    meta = json.loads((out / "corpus.json").read_text())
+    assert meta["seed"] == 3 and meta["splits"]["test"]["voices"] == sorted(test)
+    assert all(v in (out / "README.txt").read_text() for v in test)
 
 
 def test_kaldi_dir_is_consistent(corpus):
@@ -55,32 +72,43 @@ def test_kaldi_dir_is_consistent(corpus):
         d = out / "kaldi" / split
         scp, text, u2s = _read(d / "wav.scp"), _read(d / "text"), _read(d / "utt2spk")
         assert len(scp) == n and scp.keys() == text.keys() == u2s.keys()
-        lines = (d / "wav.scp").read_text().splitlines()
-        assert lines == sorted(lines)
+        for name in ("wav.scp", "text", "utt2spk", "spk2utt"):
+            lines = (d / name).read_text().splitlines()
+            assert lines and lines == sorted(lines), name
+        assert list(u2s.values()) == sorted(u2s.values())  # sorted by utterance is sorted by speaker too
         s2u = {s: us.split() for s, us in _read(d / "spk2utt").items()}
         assert {u for us in s2u.values() for u in us} == set(u2s) and all(u2s[u] == s for s, us in s2u.items() for u in us)
         for uid, path in scp.items():
             assert uid.startswith(u2s[uid] + "-")  # Kaldi: utterance ids are prefixed by the speaker id
+            assert Path(path).is_absolute() and Path(path).is_file() and Path(path).stem == uid
             info = sf.info(path)
             assert info.samplerate == 16000 and info.channels == 1 and 0.3 < info.duration < 10
             assert text[uid] and text[uid] == text[uid].upper()
 
 
-def test_fairseq_manifest_matches(corpus):
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_fairseq_manifest_matches(corpus, split):
     out, _ = corpus
     f = out / "fairseq"
-    lines = (f / "train.tsv").read_text().splitlines()
+    lines = (f / f"{split}.tsv").read_text().splitlines()
     root = Path(lines[0])
+    assert root.is_absolute() and root == (out / "wav").resolve()
     for line in lines[1:]:
         rel, n = line.split("\t")
-        assert sf.info(str(root / rel)).frames == int(n)
-    wrd = (f / "train.wrd").read_text().splitlines()
-    ltr = (f / "train.ltr").read_text().splitlines()
+        assert sf.info(str(root / rel)).frames == int(n) > 0
+    wrd = (f / f"{split}.wrd").read_text().splitlines()
+    ltr = (f / f"{split}.ltr").read_text().splitlines()
     assert len(wrd) == len(ltr) == len(lines) - 1
+    kaldi_text = list(_read(out / "kaldi" / split / "text").values())
+    assert wrd == kaldi_text  # same (sorted) order as the Kaldi dir
     for w, l in zip(wrd, ltr):
-        assert l.endswith(" |") and l.replace(" ", "").replace("|", " ").strip() == w
-    symbols = [line.split()[0] for line in (f / "dict.ltr.txt").read_text().splitlines()]
-    assert "|" in symbols and set("".join(wrd).replace(" ", "")) <= set(symbols)
+        assert l == " ".join(w.replace(" ", "|")) + " |"  # e.g. "S E T | T H E |"
+    if split == "train":
+        rows = [line.split() for line in (f / "dict.ltr.txt").read_text().splitlines()]
+        counts = [int(n) for _, n in rows]
+        assert counts == sorted(counts, reverse=True) and rows[0][0] == "|"
+        assert {s for s, _ in rows} == set("".join(ltr).replace(" ", ""))
+        assert dict((s, int(n)) for s, n in rows)["|"] == sum(len(w.split()) for w in wrd)
 
 
 def test_rerun_resumes_and_rebuilds_lists(corpus, tmp_path):
@@ -92,19 +120,39 @@ def test_rerun_resumes_and_rebuilds_lists(corpus, tmp_path):
     victim.unlink()
     make_synthetic_corpus(copy, seed=3, num_train=8, num_valid=3, num_test=4)
     assert _digest(copy) == _digest(out)
+    assert not [p for p in copy.rglob("*.tmp*")]  # no temporary files left behind
+
+
+def test_rerun_with_other_seed_never_keeps_stale_wavs(corpus, tmp_path):
+    out, _ = corpus
+    reused = tmp_path / "reused"
+    shutil.copytree(out, reused)
+    make_synthetic_corpus(reused, seed=4, num_train=8, num_valid=3, num_test=4)  # same utt ids, other audio
+    fresh = tmp_path / "fresh"
+    make_synthetic_corpus(fresh, seed=4, num_train=8, num_valid=3, num_test=4)
+    assert _digest(reused) == _digest(fresh)
 
 
 @pytest.mark.skipif(not FSDD.is_dir(), reason="shared FSDD not present")
 def test_fsdd(tmp_path):
     summary = prepare_fsdd(FSDD, tmp_path, max_per_split=5)
-    assert summary["splits"]["test"]["count"] == 5
+    assert summary["splits"]["test"]["count"] == summary["splits"]["train"]["count"] == 5
+    assert "CC BY-SA" in (tmp_path / "README.txt").read_text()
     for split in ("train", "test"):
-        text, scp = _read(tmp_path / "kaldi" / split / "text"), _read(tmp_path / "kaldi" / split / "wav.scp")
+        d = tmp_path / "kaldi" / split
+        text, scp, u2s = _read(d / "text"), _read(d / "wav.scp"), _read(d / "utt2spk")
+        assert len(text) == 5 and text.keys() == scp.keys() == u2s.keys()
+        assert len(set(u2s.values())) > 1  # the subset is spread over speakers
         for uid, words in text.items():
-            digit, idx = uid.split("-")[1].split("_")
-            assert words == DIGITS[int(digit)]
+            spk, rest = uid.split("-")
+            digit, idx = rest.split("_")
+            assert u2s[uid] == spk and words == DIGITS[int(digit)]
             assert (int(idx) < 5) == (split == "test")
-            assert sf.info(scp[uid]).samplerate == 16000
+            src = sf.info(str(FSDD / "recordings" / f"{digit}_{spk}_{int(idx)}.wav"))
+            info = sf.info(scp[uid])
+            assert info.samplerate == 16000 and info.channels == 1 and abs(info.frames - 2 * src.frames) <= 2
+        assert (tmp_path / "fairseq" / f"{split}.wrd").read_text().split() == list(text.values())
+    assert (tmp_path / "fairseq/dict.ltr.txt").is_file()
 
 
 def test_augmentations_change_audio_deterministically(corpus, tmp_path):
@@ -124,16 +172,42 @@ def test_wordnet_sentences():
     assert len(sents) > 10_000 and all(s == normalise(s) and 3 <= len(s.split()) <= 12 for s in sents[:500])
 
 
-@pytest.mark.parametrize("kw,msg", [(dict(num_train=0), "num_train=0"), (dict(text_source="books"), "text_source='books'"),
-                                    (dict(reverb=150), "reverb=150")])
+@pytest.mark.parametrize("kw,msg", [(dict(num_train=0), "num_train=0"), (dict(num_valid=-2), "num_valid=-2"),
+                                    (dict(num_test=0), "num_test=0"), (dict(jobs=0), "jobs=0"), (dict(seed=-1), "seed=-1"),
+                                    (dict(text_source="books"), "text_source='books'"), (dict(reverb=150), "reverb=150")])
 def test_bad_options(tmp_path, kw, msg):
     with pytest.raises(KDConfigError, match=msg):
         make_synthetic_corpus(tmp_path, **kw)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_unknown_voice_variant(tmp_path, monkeypatch):
+    monkeypatch.setattr(make_corpus, "TEST_VARIANTS", ["m7", "nosuchvariant"])  # espeak-ng would silently ignore it
+    with pytest.raises(KDConfigError, match="nosuchvariant"):
+        make_synthetic_corpus(tmp_path, num_train=1, num_valid=1, num_test=1)
 
 
 def test_missing_fsdd_and_tools(tmp_path, monkeypatch):
     with pytest.raises(KDConfigError, match="fsdd_dir=.*no recordings"):
         prepare_fsdd(tmp_path / "nope", tmp_path / "out")
-    monkeypatch.setenv("PATH", str(tmp_path))  # an environment without espeak-ng
+    if FSDD.is_dir():
+        with pytest.raises(KDConfigError, match="max_per_split=0"):
+            prepare_fsdd(FSDD, tmp_path / "out", max_per_split=0)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an environment without espeak-ng and sox
     with pytest.raises(KDConfigError, match="espeak-ng: not found"):
         make_synthetic_corpus(tmp_path / "x", num_train=1, num_valid=1, num_test=1)
+    if FSDD.is_dir():
+        with pytest.raises(KDConfigError, match="sox: not found"):
+            prepare_fsdd(FSDD, tmp_path / "out")
+
+
+def test_cli(tmp_path):
+    script = str(TOOLS / "make_corpus.py")
+    run = subprocess.run([sys.executable, script, "synth", "--out", str(tmp_path / "c"), "--seed", "1", "--num-train", "2",
+                          "--num-valid", "1", "--num-test", "1", "--jobs", "1"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"train": 2, "valid": 1, "test": 1}
+    assert len(list((tmp_path / "c/wav").rglob("*.wav"))) == 4
+    bad = subprocess.run([sys.executable, script, "synth", "--out", str(tmp_path / "d"), "--num-test", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "num_test=0" in bad.stderr and "Traceback" not in bad.stderr
