@@ -1,5 +1,29 @@
 """Distil self-supervised speech teachers into small streaming students, inside ESPnet and fairseq."""
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.develop import develop
+
+# Start-up hook that maps ``python -m espnet2.bin.asr_kd_{train,inference}`` to espnet_kd.bin (see
+# espnet_kd/_aliases.py); it goes to site-packages itself, for both normal and editable installs.
+PTH = os.path.join("espnet_kd", "espnet_kd_aliases.pth")
+
+
+class BuildPyWithPth(build_py):
+    def run(self):
+        super().run()
+        self.copy_file(PTH, os.path.join(self.build_lib, os.path.basename(PTH)))
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, os.path.basename(PTH))]
+
+
+class DevelopWithPth(develop):
+    def run(self):
+        super().run()
+        if not self.uninstall:
+            self.copy_file(PTH, os.path.join(self.install_dir, os.path.basename(PTH)))
 
 setup(
     name="espnet-fairseq-kd",
@@ -16,4 +40,5 @@ setup(
         "test": ["pytest", "jiwer", "matplotlib"],
     },
     license="Apache-2.0",
+    cmdclass={"build_py": BuildPyWithPth, "develop": DevelopWithPth},
 )

@@ -67,22 +67,32 @@ class StreamingStudent(nn.Module):
 
         Returns the concatenated outputs, equal to :meth:`forward` under the chunk mask.
         """
-        buf = SampleBuffer(self.frontend.receptive_field, self.frontend.stride)
-        state = self.encoder.init_state()
-        outs: List[List[torch.Tensor]] = []
-        pieces = list(pieces) + [None]
-        for piece in pieces:
-            final = piece is None
-            ready = buf.push(piece) if not final else buf.buf[:, :0]
-            if ready.size(1):
-                feats, _ = self.frontend(ready, torch.tensor([ready.size(1)]))
-            else:
-                feats = torch.zeros(1, 0, self.frontend.output_dim)
-            hid, state = self.encoder.stream_step(feats, state, final=final)
-            outs.append(hid)
-        hidden = [torch.cat([o[k] for o in outs], dim=1) for k in range(len(outs[0]))]
+        hidden = stream_hidden(self.frontend, self.encoder, pieces)
         logits = self.ctc(hidden[-1]) if self.ctc is not None else None
         return StudentOutput(hidden, torch.tensor([hidden[-1].size(1)]), logits)
+
+
+@torch.no_grad()
+def stream_hidden(frontend: nn.Module, encoder: ChunkedEncoder, pieces: Iterable[torch.Tensor]) -> List[torch.Tensor]:
+    """Run a valid-convolution ``frontend`` and a :class:`ChunkedEncoder` chunk by chunk.
+
+    ``pieces``: successive ``(1, n)`` waveform pieces of any size. Returns the ``L + 1``
+    hidden states ``(1, T, D)``, equal to the full forward under the chunk mask. Used by
+    :meth:`StreamingStudent.stream` and by the toolkit adapters' streaming decoders.
+    """
+    buf = SampleBuffer(frontend.receptive_field, frontend.stride)
+    state = encoder.init_state()
+    outs: List[List[torch.Tensor]] = []
+    for piece in list(pieces) + [None]:
+        final = piece is None
+        ready = buf.push(piece) if not final else buf.buf[:, :0]
+        if ready.size(1):
+            feats, _ = frontend(ready, torch.tensor([ready.size(1)]))
+        else:
+            feats = torch.zeros(1, 0, frontend.output_dim)
+        hid, state = encoder.stream_step(feats, state, final=final)
+        outs.append(hid)
+    return [torch.cat([o[k] for o in outs], dim=1) for k in range(len(outs[0]))]
 
 
 def streaming_student(**kwargs) -> StreamingStudent:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import KDConfigError, require
+from ..hooks import capture_layers, first_tensor
 from .base import Teacher, TeacherOutput
 
 logger = logging.getLogger(__name__)
@@ -25,13 +26,6 @@ logger = logging.getLogger(__name__)
 SUBSAMPLING = {"Conv1dSubsampling1": 1, "Conv1dSubsampling2": 2, "Conv1dSubsampling3": 3, "Conv2dSubsampling": 4,
                "Conv2dSubsampling1": 1, "Conv2dSubsampling2": 2, "Conv2dSubsampling6": 6, "Conv2dSubsampling8": 8,
                "Linear": 1, "Sequential": 1, "Embedding": 1}
-
-
-def _first_tensor(x):
-    """Conformer blocks with relative positions pass ``((x, pos_emb), mask)``; others ``(x, mask)``."""
-    while isinstance(x, (tuple, list)):
-        x = x[0]
-    return x
 
 
 class EspnetTeacher(Teacher):
@@ -80,24 +74,13 @@ class EspnetTeacher(Teacher):
 
         require(int(lengths.min()) >= self.min_samples, f"teacher input: utterance of {int(lengths.min())} samples is too "
                 f"short for the ESPnet frontend's centred STFT (needs {self.min_samples}); drop it")
-        captured = []
-
-        def grab_input(module, args):  # hooks return None: a value would replace args / output
-            captured.append(_first_tensor(args[0]))
-
-        def grab_output(module, args, out):
-            captured.append(_first_tensor(out))
-
-        hooks = [self.blocks[0].register_forward_pre_hook(grab_input)] + [b.register_forward_hook(grab_output) for b in self.blocks]
-        try:
-            enc, enc_len = self.model.encode(wav, lengths)
-        except TooShortUttError as e:
-            raise KDConfigError(f"teacher input: utterance of {int(lengths.min())} samples is too short for the ESPnet "
-                                f"encoder's subsampling ({e.actual_size} frames, needs at least {e.limit}); drop it") from None
-        finally:
-            for h in hooks:
-                h.remove()
-        enc = _first_tensor(enc)  # (out, intermediate CTC outputs) with interctc
+        with capture_layers(self.blocks) as captured:
+            try:
+                enc, enc_len = self.model.encode(wav, lengths)
+            except TooShortUttError as e:
+                raise KDConfigError(f"teacher input: utterance of {int(lengths.min())} samples is too short for the ESPnet "
+                                    f"encoder's subsampling ({e.actual_size} frames, needs at least {e.limit}); drop it") from None
+        enc = first_tensor(enc)  # (out, intermediate CTC outputs) with interctc
         logits = self.ctc_lo(enc) if self.ctc_lo is not None else None
         return TeacherOutput(hidden=captured, lengths=enc_len, logits=logits, frame_shift_ms=getattr(self, "frame_shift_ms", 0.0))
 

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Stage-gated KD recipe in ESPnet's egs2 layout (conf/ local/ data/ dump/ exp/). Each stage runs
+# the same commands ESPnet's asr.sh runs for `--asr_task asr_kd` (espnet2.bin.asr_kd_train with
+# --collect_stats, training, espnet2.bin.asr_kd_inference), plus teacher training and scoring.
+#   1 data   2 dump/raw   3 sentencepiece tokenizer   4 collect stats   5 teacher (train + pack,
+#   skipped with --teacher_path)   6 KD training of the streaming student   7 export student
+#   8 decoding (offline + chunk-by-chunk streaming; exported student also with stock asr_inference)
+#   9 scoring (jiwer WER table -> exp/RESULTS.md)
+set -euo pipefail
+
+stage=1; stop_stage=9; debug=false; python=python3; nj=2
+teacher_config=conf/train_teacher.yaml; student_config=conf/train_student.yaml; inference_config=conf/decode.yaml
+teacher_type=espnet; teacher_path=""      # default: the teacher trained in stage 5
+nbpe=64; fs=16k
+train_set=train; valid_set=valid; test_sets="test_synth test_fsdd"
+num_train=600; num_valid=60; num_test=100; fsdd_max=0; text_source=wordnet
+. ./local/parse_options.sh "$@"
+
+log() { echo "$(date '+%F %T') (asr_kd.sh) $*" >&2; }
+run() { log "$*"; "$@"; }
+if [ "$debug" = true ]; then  # CI size: a few minutes end to end
+    num_train=48; num_valid=8; num_test=8; fsdd_max=8; text_source=grammar; nbpe=30
+    cfg() { local base=$1; echo "${base%.yaml}_debug.yaml"; }
+else
+    cfg() { :; }
+fi
+merged() {  # merged() base.yaml out.yaml: base + the debug override when --debug true
+    local over; over=$(cfg "$1"); mkdir -p "$(dirname "$2")"
+    "$python" local/merge_yaml.py "$1" ${over:+"$over"} > "$2"
+}
+token_dir=data/token_list/bpe_unigram${nbpe}
+stats_dir=exp/asr_stats_raw_bpe${nbpe}
+teacher_dir=exp/asr_teacher
+student_dir=exp/asr_kd_student
+common=(--use_preprocessor true --token_type bpe --bpemodel "$token_dir/bpe.model" --token_list "$token_dir/tokens.txt"
+        --non_linguistic_symbols none --cleaner none --g2p none --frontend_conf "fs=$fs" --ngpu 0)
+data_opts=(--train_data_path_and_name_and_type "dump/raw/$train_set/wav.scp,speech,sound"
+           --train_data_path_and_name_and_type "dump/raw/$train_set/text,text,text"
+           --valid_data_path_and_name_and_type "dump/raw/$valid_set/wav.scp,speech,sound"
+           --valid_data_path_and_name_and_type "dump/raw/$valid_set/text,text,text")
+shape_opts=(--train_shape_file "$stats_dir/train/speech_shape" --train_shape_file "$stats_dir/train/text_shape.bpe"
+            --valid_shape_file "$stats_dir/valid/speech_shape" --valid_shape_file "$stats_dir/valid/text_shape.bpe"
+            --fold_length 80000 --fold_length 150)
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+    log "Stage 1: data"
+    run ./local/data.sh --num_train "$num_train" --num_valid "$num_valid" --num_test "$num_test" \
+        --fsdd_max "$fsdd_max" --text_source "$text_source" --python "$python" --nj "$nj"
+fi
+test_sets_present=""; for t in $test_sets; do [ -d "data/$t" ] && test_sets_present+=" $t"; done
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+    log "Stage 2: dump/raw (16 kHz wav, used as is)"
+    for s in "$train_set" "$valid_set" $test_sets_present; do
+        mkdir -p "dump/raw/$s" && cp data/$s/{wav.scp,text,utt2spk,spk2utt} "dump/raw/$s/" && echo raw > "dump/raw/$s/feats_type"
+    done
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+    log "Stage 3: sentencepiece (unigram, $nbpe) + token list via espnet2.bin.tokenize_text"
+    mkdir -p "$token_dir"
+    cut -d' ' -f2- "dump/raw/$train_set/text" > "$token_dir/train.txt"
+    run "$python" -c "import sys, sentencepiece as spm; spm.SentencePieceTrainer.train(' '.join(sys.argv[1:]))" \
+        --input="$token_dir/train.txt" --vocab_size="$nbpe" --model_type=unigram --model_prefix="$token_dir/bpe" \
+        --character_coverage=1.0 --input_sentence_size=100000000 --minloglevel=2
+    run "$python" -m espnet2.bin.tokenize_text --token_type bpe --bpemodel "$token_dir/bpe.model" \
+        --input "$token_dir/train.txt" --output "$token_dir/tokens.txt" --field 1- --cleaner none --g2p none \
+        --write_vocabulary true --add_symbol "<blank>:0" --add_symbol "<unk>:1" --add_symbol "<sos/eos>:-1"
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+    log "Stage 4: collect stats (espnet2.bin.asr_kd_train --collect_stats true)"
+    merged "$student_config" "$stats_dir/train_config.yaml"
+    for s in "$train_set" "$valid_set"; do mkdir -p "$stats_dir/logdir" && cp "dump/raw/$s/wav.scp" "$stats_dir/logdir/$s.1.scp"; done
+    run "$python" -m espnet2.bin.asr_kd_train --collect_stats true "${common[@]}" --config "$stats_dir/train_config.yaml" \
+        "${data_opts[@]}" --train_shape_file "$stats_dir/logdir/$train_set.1.scp" --valid_shape_file "$stats_dir/logdir/$valid_set.1.scp" \
+        --output_dir "$stats_dir/logdir/stats.1"
+    run "$python" -m espnet2.bin.aggregate_stats_dirs --input_dir "$stats_dir/logdir/stats.1" --output_dir "$stats_dir"
+    for s in train valid; do mv -f "$stats_dir/$s/text_shape" "$stats_dir/$s/text_shape.bpe"; done
+fi
+
+if [ -z "$teacher_path" ]; then teacher_path=$teacher_dir/teacher.zip; teacher_type=espnet; fi
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ] && [ "$teacher_path" = "$teacher_dir/teacher.zip" ]; then
+    log "Stage 5: teacher (stock espnet2.bin.asr_train, non-streaming conformer CTC) + espnet2.bin.pack"
+    merged "$teacher_config" "$teacher_dir/train_config.yaml"
+    run "$python" -m espnet2.bin.asr_train "${common[@]}" --config "$teacher_dir/train_config.yaml" "${data_opts[@]}" "${shape_opts[@]}" \
+        --resume true --output_dir "$teacher_dir"
+    run "$python" -m espnet2.bin.pack asr --asr_train_config "$teacher_dir/config.yaml" \
+        --asr_model_file "$teacher_dir/valid.loss.ave.pth" --option "$token_dir/bpe.model" --outpath "$teacher_dir/teacher.tmp.zip"
+    mv -f "$teacher_dir/teacher.tmp.zip" "$teacher_dir/teacher.zip"
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+    log "Stage 6: KD training of the streaming student (espnet2.bin.asr_kd_train, teacher: $teacher_type $teacher_path)"
+    merged "$student_config" "$student_dir/train_config.yaml"
+    run "$python" -m espnet2.bin.asr_kd_train "${common[@]}" --config "$student_dir/train_config.yaml" "${data_opts[@]}" "${shape_opts[@]}" \
+        --teacher_type "$teacher_type" --teacher_path "$teacher_path" --teacher_conf "cachedir=$PWD/exp/teacher_cache" \
+        --resume true --output_dir "$student_dir"
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+    log "Stage 7: export the student as a plain ESPnet model"
+    run "$python" -m espnet_kd.export --config "$student_dir/config.yaml" --model_file "$student_dir/valid.loss.ave.pth" \
+        --out_dir "$student_dir/export"
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+    log "Stage 8: decoding"
+    for t in $test_sets_present; do
+        data=(--data_path_and_name_and_type "dump/raw/$t/wav.scp,speech,sound")
+        if [ -f "$teacher_dir/valid.loss.ave.pth" ]; then
+            run "$python" -m espnet2.bin.asr_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+                --asr_train_config "$teacher_dir/config.yaml" --asr_model_file "$teacher_dir/valid.loss.ave.pth" \
+                --output_dir "$teacher_dir/decode_offline/$t"
+        fi
+        run "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+            --asr_train_config "$student_dir/config.yaml" --asr_model_file "$student_dir/valid.loss.ave.pth" \
+            --output_dir "$student_dir/decode_offline/$t"
+        run "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+            --asr_train_config "$student_dir/config.yaml" --asr_model_file "$student_dir/valid.loss.ave.pth" \
+            --kd_chunk_streaming true --output_dir "$student_dir/decode_streaming/$t"
+    done
+fi
+
+if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
+    log "Stage 9: scoring"
+    run "$python" local/score.py --ref_dir dump/raw --out exp/RESULTS.md \
+        $(for d in "$teacher_dir" "$student_dir"; do for m in offline streaming; do for t in $test_sets_present; do
+          echo "$d/decode_$m/$t"; done; done; done)
+fi
+log "done"

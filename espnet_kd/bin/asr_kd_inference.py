@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Decode ``asr_kd`` students: ``espnet2.bin.asr_inference``'s CLI (so ``asr.sh --asr_task asr_kd`` works).
+
+The trained model is first exported (teacher/KD heads dropped, ``espnet_kd.export``). Students made
+of stock ESPnet classes are then decoded by ESPnet's own ``asr_inference`` (beam search, LM, ...).
+Students with the core's streaming front-end/encoder (``kd_streaming``/``kd_chunked``) are decoded
+with greedy CTC, either offline (full forward under the chunk mask) or, with
+``--kd_chunk_streaming true``, chunk by chunk from ``--kd_piece_ms`` waveform pieces; both write
+ESPnet's ``<output_dir>/1best_recog/{text,token,token_int,score}``.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List
+
+from kd_core.errors import KDConfigError, require
+
+
+def get_parser() -> argparse.ArgumentParser:
+    from espnet2.bin.asr_inference import get_parser as stock_parser
+    from espnet2.utils.types import str2bool
+
+    parser = stock_parser()
+    parser.description = __doc__.split("\n\n")[0]
+    group = parser.add_argument_group("KD streaming students")
+    group.add_argument("--kd_chunk_streaming", type=str2bool, default=False,
+                       help="kd_chunked students: decode chunk by chunk (exact; same output as offline)")
+    group.add_argument("--kd_piece_ms", type=float, default=100.0, help="waveform piece size fed per streaming step (ms)")
+    group.add_argument("--kd_export_dir", type=str, default=None, help="where the exported student goes (default: next to the model)")
+    return parser
+
+
+def _greedy_ctc(ids: List[int], blank: int = 0) -> List[int]:
+    out, prev = [], None
+    for i in ids:
+        if i != prev and i != blank:
+            out.append(i)
+        prev = i
+    return out
+
+
+def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path) -> None:
+    """Greedy CTC decoding of a student with the core's front-end/encoder, offline or chunk by chunk."""
+    import torch
+    from espnet2.fileio.datadir_writer import DatadirWriter
+    from espnet2.text.build_tokenizer import build_tokenizer
+    from espnet2.text.token_id_converter import TokenIDConverter
+
+    from kd_core.students.model import stream_hidden
+
+    from espnet_kd.encoder import KDChunkedEncoder
+    from espnet_kd.frontend import KDStreamingFrontend
+    from espnet_kd.task import ASRKDTask
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, train_args = ASRKDTask.build_model_from_file(config, model_file, "cpu")
+    model.eval()
+    token_type = args.token_type or train_args.token_type
+    bpemodel = args.bpemodel or train_args.bpemodel
+    tokenizer = build_tokenizer(token_type=token_type, bpemodel=bpemodel) if token_type else None
+    converter = TokenIDConverter(token_list=model.token_list)
+    if args.kd_chunk_streaming:
+        require(isinstance(model.frontend, KDStreamingFrontend) and isinstance(model.encoder, KDChunkedEncoder)
+                and model.normalize is None and model.preencoder is None and model.postencoder is None,
+                "--kd_chunk_streaming true needs frontend kd_streaming + encoder kd_chunked (normalize/pre/post-encoder "
+                "none); for contextual_block encoders use espnet2.bin.asr_inference_streaming")
+        require(model.encoder.net.chunk_size > 0, "--kd_chunk_streaming true: the student has chunk_size=0 (full context)")
+    loader = ASRKDTask.build_streaming_iterator(
+        args.data_path_and_name_and_type, dtype=args.dtype, batch_size=1, key_file=args.key_file,
+        num_workers=args.num_workers, preprocess_fn=ASRKDTask.build_preprocess_fn(train_args, False),
+        collate_fn=ASRKDTask.build_collate_fn(train_args, False), allow_variable_data_keys=args.allow_variable_data_keys,
+        inference=True)
+    fs = getattr(model.frontend, "fs", 16000)
+    piece = max(1, int(round(args.kd_piece_ms * fs / 1000)))
+    with DatadirWriter(args.output_dir) as writer, torch.no_grad():
+        for keys, batch in loader:
+            speech = batch["speech"].float()
+            if args.kd_chunk_streaming:
+                hidden = stream_hidden(model.frontend.net, model.encoder.net, speech[0:1].split(piece, dim=1))
+                enc = hidden[-1]
+            else:
+                enc, _ = model.encode(speech, batch["speech_lengths"])
+                enc = enc[0] if isinstance(enc, tuple) else enc
+            logp = model.ctc.log_softmax(enc)[0]
+            best = logp.max(-1)
+            token_int = _greedy_ctc(best.indices.tolist())
+            tokens = converter.ids2tokens(token_int)
+            w = writer["1best_recog"]
+            w["token"][keys[0]] = " ".join(tokens)
+            w["token_int"][keys[0]] = " ".join(map(str, token_int))
+            w["score"][keys[0]] = str(float(best.values.sum()))
+            w["text"][keys[0]] = tokenizer.tokens2text(tokens) if tokenizer is not None else " ".join(tokens)
+
+
+def main(cmd=None) -> None:
+    from espnet2.utils.types import str_or_none  # noqa: F401 (ESPnet's parser types)
+
+    from espnet_kd.export import export_student
+
+    parser = get_parser()
+    args = parser.parse_args(cmd)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    try:
+        require(args.asr_train_config and args.asr_model_file, "--asr_train_config and --asr_model_file are required")
+        model_file = Path(args.asr_model_file)
+        out = Path(args.kd_export_dir) if args.kd_export_dir else model_file.parent / f"export_{model_file.stem}"
+        config, model, stock = export_student(args.asr_train_config, args.asr_model_file, str(out))
+        if stock and not args.kd_chunk_streaming:
+            from espnet2.bin.asr_inference import inference
+
+            kwargs = {k: v for k, v in vars(args).items() if not k.startswith("kd_") and k != "config"}
+            kwargs.update(asr_train_config=str(config), asr_model_file=str(model))
+            inference(**kwargs)
+        else:
+            decode_core_student(args, config, model)
+    except KDConfigError as e:
+        sys.exit(f"asr_kd_inference: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""``ASRKDTask``: ESPnet's ASR task plus a frozen teacher, KD losses and streaming students.
+
+Same CLI and YAML as ``asr_train``; added options: ``--teacher_type/--teacher_path/--teacher_conf``,
+``--kd_loss/--kd_loss_conf`` and the choices ``--frontend kd_streaming``, ``--encoder kd_chunked``
+and ``--model espnet_kd`` (default). ESPnet's module-level ``ClassChoices`` are copied, never mutated.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, Dict, Tuple
+
+import torch
+from espnet2.asr.ctc import CTC
+from espnet2.asr.espnet_model import ESPnetASRModel
+from espnet2.layers.abs_normalize import AbsNormalize  # noqa: F401 (type of normalize choices)
+from espnet2.tasks import asr as _asr
+from espnet2.tasks.asr import ASRTask
+from espnet2.torch_utils.initialize import initialize
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+from espnet2.train.class_choices import ClassChoices
+from espnet2.utils.get_default_kwargs import get_default_kwargs
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import str_or_none
+
+from kd_core.errors import require
+from kd_core.losses.layerwise import LayerwiseKDLoss
+from kd_core.teachers import TEACHER_TYPES, load_teacher
+
+from .encoder import KDChunkedEncoder
+from .frontend import KDStreamingFrontend
+from .model import BLOCK_ENCODERS, ESPnetASRKDModel
+
+
+def _extend(choices: ClassChoices, default: str = None, **extra) -> ClassChoices:
+    """A new ClassChoices with ESPnet's classes plus ``extra`` (ESPnet's object is left untouched)."""
+    return ClassChoices(choices.name, classes={**choices.classes, **extra}, type_check=choices.base_type,
+                        default=default if default is not None else choices.default, optional=choices.optional)
+
+
+frontend_choices = _extend(_asr.frontend_choices, kd_streaming=KDStreamingFrontend)
+encoder_choices = _extend(_asr.encoder_choices, kd_chunked=KDChunkedEncoder)
+model_choices = _extend(_asr.model_choices, default="espnet_kd", espnet_kd=ESPnetASRKDModel)
+kd_loss_choices = ClassChoices("kd_loss", classes=dict(layerwise=LayerwiseKDLoss), default="layerwise", optional=True)
+
+#: KD loss arguments that the task derives from the teacher and the student (never in the config).
+DERIVED_KD_ARGS = ("teacher_dim", "student_dim", "teacher_layers", "student_layers", "teacher_shift_ms", "student_shift_ms")
+
+
+def student_frame_shift_ms(model: ESPnetASRModel, fs: int) -> float:
+    """Encoder output frame shift, measured: frames added by one extra second of input."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        n = [model.encode(torch.zeros(1, s), torch.tensor([s]))[1].item() for s in (fs, 2 * fs)]
+    model.train(was)
+    require(n[1] > n[0], "cannot measure the student's frame shift (no output frames for 2 s of input)")
+    return 1000.0 / (n[1] - n[0])
+
+
+class ASRKDTask(ASRTask):
+    """ESPnet ASR task with knowledge distillation from a frozen teacher."""
+
+    class_choices_list = [
+        frontend_choices, _asr.specaug_choices, _asr.normalize_choices, model_choices, _asr.preencoder_choices,
+        encoder_choices, _asr.postencoder_choices, _asr.decoder_choices, _asr.preprocessor_choices, kd_loss_choices,
+    ]
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser):
+        super().add_task_arguments(parser)
+        group = parser.add_argument_group(description="Knowledge distillation")
+        group.add_argument("--teacher_type", type=str_or_none, default=None, choices=list(TEACHER_TYPES) + [None],
+                           help="fairseq (.pt), torchaudio (factory name or fairseq .pt) or espnet (packed zip / zoo name)")
+        group.add_argument("--teacher_path", type=str_or_none, default=None, help="Teacher checkpoint, zip or name")
+        group.add_argument("--teacher_conf", action=NestedDictAction, default=dict(),
+                           help="Teacher loader options (fairseq: data_dir; espnet: cachedir; torchaudio: normalize_waveform)")
+
+    @classmethod
+    def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        """Only ``speech``: without ``text`` a batch is distilled with the KD loss alone."""
+        return ("speech",)
+
+    @classmethod
+    def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return ("text",) + tuple(super().optional_data_names(train, inference))
+
+    @classmethod
+    def get_default_config(cls) -> Dict[str, Any]:
+        config = super().get_default_config()
+        if config.get("model") == "espnet_kd":  # show ESPnetASRModel's options too
+            config["model_conf"] = {**get_default_kwargs(ESPnetASRModel), **config["model_conf"]}
+        if config.get("kd_loss") is not None:
+            conf = {k: v for k, v in config["kd_loss_conf"].items() if k not in DERIVED_KD_ARGS}
+            config["kd_loss_conf"] = {"layer_map": None, **conf}
+        return config
+
+    @classmethod
+    def build_student(cls, args: argparse.Namespace) -> ESPnetASRModel:
+        """The ASR model alone (ESPnet's ``ASRTask.build_model`` steps, with this task's choices)."""
+        if isinstance(args.token_list, str):
+            with open(args.token_list, encoding="utf-8") as f:
+                args.token_list = [line.rstrip() for line in f]
+        require(isinstance(args.token_list, (list, tuple)), "--token_list: give a token list file")
+        token_list = list(args.token_list)
+        vocab_size = len(token_list)
+        if args.input_size is None:
+            frontend = frontend_choices.get_class(args.frontend)(**args.frontend_conf)
+            input_size = frontend.output_size()
+        else:
+            args.frontend, args.frontend_conf, frontend = None, {}, None
+            input_size = args.input_size
+        specaug = _asr.specaug_choices.get_class(args.specaug)(**args.specaug_conf) if args.specaug else None
+        normalize = _asr.normalize_choices.get_class(args.normalize)(**args.normalize_conf) if args.normalize else None
+        preencoder = None
+        if getattr(args, "preencoder", None):
+            preencoder = _asr.preencoder_choices.get_class(args.preencoder)(**args.preencoder_conf)
+            input_size = preencoder.output_size()
+        encoder = encoder_choices.get_class(args.encoder)(input_size=input_size, **args.encoder_conf)
+        out_size = encoder.output_size()
+        postencoder = None
+        if getattr(args, "postencoder", None):
+            postencoder = _asr.postencoder_choices.get_class(args.postencoder)(input_size=out_size, **args.postencoder_conf)
+            out_size = postencoder.output_size()
+        decoder = None
+        if getattr(args, "decoder", None):
+            require(args.decoder != "transducer", "--decoder transducer: not supported by asr_kd (RNN-T KD is a separate task)")
+            decoder = _asr.decoder_choices.get_class(args.decoder)(vocab_size=vocab_size, encoder_output_size=out_size,
+                                                                     **args.decoder_conf)
+        ctc = CTC(odim=vocab_size, encoder_output_size=out_size, **args.ctc_conf)
+        model_class = model_choices.get_class(getattr(args, "model", None) or "espnet")
+        model = model_class(vocab_size=vocab_size, frontend=frontend, specaug=specaug, normalize=normalize,
+                            preencoder=preencoder, encoder=encoder, postencoder=postencoder, decoder=decoder, ctc=ctc,
+                            joint_network=None, token_list=token_list, **args.model_conf)
+        if getattr(args, "init", None) is not None:
+            initialize(model, args.init)
+        return model
+
+    @classmethod
+    def build_model(cls, args: argparse.Namespace) -> AbsESPnetModel:
+        """Student + (unless collecting stats) the frozen teacher and the KD loss; bad options fail here."""
+        model = cls.build_student(args)
+        if not isinstance(model, ESPnetASRKDModel) or getattr(args, "collect_stats", False):
+            return model
+        if model.kd_weight == 0:
+            logging.info("model_conf.kd_weight=0: training without a teacher")
+            return model
+        require(args.teacher_type is not None and args.teacher_path is not None,
+                "--teacher_type and --teacher_path are required when model_conf.kd_weight > 0")
+        require(getattr(args, "kd_loss", None) is not None, "--kd_loss: choose a KD loss (e.g. layerwise) or set model_conf.kd_weight=0")
+        teacher = load_teacher(args.teacher_type, args.teacher_path, **args.teacher_conf)
+        fs = getattr(model.frontend, "fs", None) or int(args.frontend_conf.get("fs", 16000))
+        require(teacher.sample_rate == fs, f"--frontend_conf fs={fs}, but the teacher expects {teacher.sample_rate} Hz; "
+                "resample the data and set fs accordingly")
+        conf = dict(args.kd_loss_conf)
+        extra = sorted(set(conf) & set(DERIVED_KD_ARGS))
+        require(not extra, f"--kd_loss_conf {', '.join(extra)}: derived from the teacher and student; remove them")
+        require(conf.get("layer_map"), "--kd_loss_conf layer_map is required, e.g. layer_map: '4:2,8:4,12:6' (teacher:student)")
+        n_layers = model.num_student_layers
+        if type(model.encoder).__name__ in BLOCK_ENCODERS:
+            from kd_core.losses.layerwise import parse_layer_map
+
+            bad = [s for _, s in parse_layer_map(conf["layer_map"], teacher.num_layers, n_layers, "--kd_loss_conf layer_map") if s != n_layers]
+            require(not bad, f"--kd_loss_conf layer_map: student layers {bad} of {args.encoder} are block-processed "
+                    f"during training; map teacher layers to the last student layer ({n_layers}) only")
+        kd_loss = kd_loss_choices.get_class(args.kd_loss)(
+            teacher_dim=teacher.hidden_size, student_dim=model.encoder.output_size() if model.postencoder is None
+            else model.postencoder.output_size(), teacher_layers=teacher.num_layers, student_layers=n_layers,
+            teacher_shift_ms=teacher.frame_shift_ms, student_shift_ms=student_frame_shift_ms(model, fs), **conf)
+        model.attach_teacher(teacher, kd_loss)
+        return model
