@@ -3,11 +3,19 @@ PY := .venv/bin/python
 export NLTK_DATA ?= $(CURDIR)/.venv/nltk_data
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: install demo test test-fast bench clean
+RECIPE := egs2/kd_synth/asr1
+
+.PHONY: install demo demo-torch test test-fast bench clean
 install:
 	bash tools/install.sh
 
+# ESPnet recipe: synthetic corpus + FSDD -> conformer teacher -> KD streaming student -> exp/RESULTS.md
 demo: install
+	cd $(RECIPE) && PATH=$(CURDIR)/.venv/bin:$$PATH ./run.sh --python python
+	@cat $(RECIPE)/exp/RESULTS.md
+
+# The same pipeline in pure torch (torchaudio teacher, no toolkit trainer): exp/demo/report.md
+demo-torch: install
 	$(PY) tools/demo.py --out exp/demo
 
 test: install

@@ -3,7 +3,7 @@
 ``espnet2.bin`` is a regular package, so new modules cannot be added to it without writing
 into ESPnet's directory. Instead, a ``.pth`` file installed with this package calls
 :func:`install` at interpreter start-up; it appends a meta-path finder that maps the two
-names above to ``espnet_kd.bin.*``. ESPnet's files are untouched, every other import is
+names above to ``espnet_kd.bin.*`` (unless ``ESPNET_KD_NO_ALIASES`` is set). ESPnet's files are untouched, every other import is
 unaffected, and uninstalling the package removes the ``.pth`` (and with it the names).
 """
 import importlib.abc

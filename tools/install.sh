@@ -8,7 +8,7 @@ ROOT=$(pwd)
 VENV=${VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 STAMP=$VENV/.kd_install_stamp
-WANT=$(cat tools/install.sh setup.py | sha256sum | cut -c1-16)
+WANT=$(cat tools/install.sh setup.py espnet_kd/espnet_kd_aliases.pth | sha256sum | cut -c1-16)
 
 log() { echo "[install] $*" >&2; }
 

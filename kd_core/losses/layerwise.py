@@ -31,6 +31,8 @@ def parse_layer_map(spec: LayerMapSpec, teacher_layers: int, student_layers: int
 
     Layer ``0`` is the input to the first layer (after the front-end); layer ``L`` the last.
     """
+    if isinstance(spec, (int, float)):  # YAML 1.1 reads an unquoted 1:7 as the base-60 number 67
+        raise KDConfigError(f"{option}={spec!r}: got a number; quote the map ('1:7,2:8') or give pairs [[1, 7], [2, 8]]")
     if isinstance(spec, str):
         try:
             pairs = [tuple(int(v) for v in item.split(":")) for item in spec.replace(" ", "").split(",") if item]
@@ -39,7 +41,10 @@ def parse_layer_map(spec: LayerMapSpec, teacher_layers: int, student_layers: int
     elif isinstance(spec, Mapping):
         pairs = [(int(k), int(v)) for k, v in spec.items()]
     else:
-        pairs = [tuple(int(v) for v in p) for p in spec]
+        try:
+            pairs = [tuple(int(v) for v in p) for p in spec]
+        except (TypeError, ValueError):
+            raise KDConfigError(f"{option}={spec!r}: expected 'teacher:student,...' or pairs [[4, 2], [8, 4]]") from None
     require(len(pairs) > 0 and all(len(p) == 2 for p in pairs), f"{option}={spec!r}: expected 'teacher:student,...' pairs")
     for t, s in pairs:
         require(0 <= t <= teacher_layers, f"{option}: teacher layer {t} out of range; the teacher has layers 0..{teacher_layers}")

@@ -2,11 +2,11 @@
 # Stage 1: synthetic corpus (espeak-ng + sox; test voices unseen in training) + FSDD test set (real speech).
 # Writes ESPnet/Kaldi data dirs data/{train,valid,test_synth,test_fsdd}.
 set -euo pipefail
-num_train=600; num_valid=60; num_test=100; text_source=wordnet; fsdd_dir=../../../../shared/data/fsdd; fsdd_max=0
+num_train=600; num_valid=60; num_test=100; text_source=wordnet; fsdd_dir=${KD_ROOT:-../../..}/../shared/data/fsdd; fsdd_max=0
 python=python3; nj=2
 . ./local/parse_options.sh "$@"
 
-tools=../../../tools
+tools=${KD_ROOT:-../../..}/tools
 "$python" "$tools/make_corpus.py" synth --out data/local/synth --seed 0 --num-train "$num_train" \
     --num-valid "$num_valid" --num-test "$num_test" --text-source "$text_source" --jobs "$nj"
 for s in train valid; do mkdir -p data/$s && cp data/local/synth/kaldi/$s/{wav.scp,text,utt2spk,spk2utt} data/$s/; done

@@ -1,0 +1,33 @@
+"""The debug-size egs2 recipe runs end to end (data -> tokenizer -> stats -> teacher -> KD -> decode -> score)."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_debug_recipe_end_to_end(tmp_path):
+    recipe = tmp_path / "egs2" / "kd_synth" / "asr1"
+    shutil.copytree(ROOT / "egs2" / "kd_synth" / "asr1", recipe, ignore=shutil.ignore_patterns("data", "dump", "exp"))
+    env = {**os.environ, "KD_ROOT": str(ROOT), "PYTHONWARNINGS": "ignore",
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["./run.sh", "--debug", "true", "--python", sys.executable], cwd=recipe, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [r.split("|")[1:-1] for r in (recipe / "exp/RESULTS.md").read_text().splitlines()[2:]]
+    table = {(r[0].strip(), r[1].strip()): float(r[3]) for r in rows}
+    tests = ["test_synth"] + (["test_fsdd"] if (ROOT.parent / "shared/data/fsdd/recordings").is_dir() else [])
+    for t in tests:
+        assert ("asr_teacher / decode_offline", t) in table
+        # chunk-by-chunk streaming decoding equals the offline (masked) decoding of the same student
+        assert table[("asr_kd_student / decode_offline", t)] == table[("asr_kd_student / decode_streaming", t)]
+    assert (recipe / "exp/asr_teacher/teacher.zip").stat().st_size > 0
+    assert (recipe / "exp/asr_kd_student/export/config.yaml").exists()
+    # rerunning a finished stage range resumes: training stages find their checkpoints and do not retrain
+    before = (recipe / "exp/asr_kd_student/checkpoint.pth").stat().st_mtime_ns
+    subprocess.run(["./run.sh", "--debug", "true", "--python", sys.executable, "--stage", "6", "--stop_stage", "6"],
+                   cwd=recipe, env=env, capture_output=True, text=True, check=True)
+    assert (recipe / "exp/asr_kd_student/checkpoint.pth").stat().st_mtime_ns == before
