@@ -1,0 +1,122 @@
+"""Pure-torch LF-MMI (no k2): batched log-semiring forward over an arc-list graph, and the
+modified LF-MMI prediction-layer distillation loss of DistillW2V2.
+
+Forward recursion, per utterance (``y_t (P,)`` pdf scores, arcs ``e = (s_e, d_e, p_e, w_e)``)::
+
+    alpha_0(s)   = start(s)
+    alpha_t(d)   = logsumexp_{e: d_e = d} [alpha_{t-1}(s_e) + w_e + y_t(p_e)]      t = 1..T
+    log Z        = logsumexp_s [alpha_T(s) + final(s)]
+
+computed with a max-shifted log-sum-exp per destination state, so long inputs never overflow.
+Frames beyond an utterance's length leave ``alpha`` unchanged. With ``leaky_hmm = c > 0`` every
+step adds ``log(c / S) + logsumexp(alpha)`` to each of the ``S`` states (a leaky HMM as in Povey
+et al. 2016, with a uniform restart distribution), letting paths restart anywhere. ``d log Z / d y_t(k)`` is the posterior occupancy ``gamma_t(k)``, taken by autograd.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import require
+from ..streaming import lengths_to_mask
+from .layerwise import match_frame_rate
+from .lfmmi_graph import Graph, ctc_num_graph
+
+
+def _scatter_logsumexp(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """``values (B, E)``, ``index (E,)`` -> ``(B, size)`` log-sum-exp of the values per index."""
+    b = values.size(0)
+    idx = index.expand(b, -1)
+    m = values.new_full((b, size), float("-inf")).scatter_reduce(1, idx, values, "amax", include_self=True)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+    s = values.new_zeros((b, size)).scatter_add(1, idx, (values - m_safe.gather(1, idx)).exp())
+    ok = s > 0  # states no arc reaches stay -inf without a 0 * inf (NaN) gradient
+    return torch.where(ok, m_safe + torch.where(ok, s, torch.ones_like(s)).log(), torch.full_like(s, float("-inf")))
+
+
+def graph_forward(y: torch.Tensor, lengths: torch.Tensor, graph: Graph, leaky_hmm: float = 0.0) -> torch.Tensor:
+    """``log Z`` per utterance. ``y (B, T, P)`` pdf scores, ``lengths (B,)`` -> ``(B,)``."""
+    require(y.size(-1) > int(graph.pdf.max()), f"graph uses pdf {int(graph.pdf.max())} but y has {y.size(-1)} outputs")
+    g = graph.to(y.device)
+    b, t_max, _ = y.shape
+    s_n = g.num_states
+    alpha = g.start.to(y.dtype).expand(b, -1)
+    w = g.weight.to(y.dtype)
+    leak = math.log(leaky_hmm / s_n) if leaky_hmm > 0 else None
+    for t in range(t_max):
+        arc = alpha[:, g.src] + w + y[:, t, g.pdf]
+        new = _scatter_logsumexp(arc, g.dst, s_n)
+        if leak is not None:
+            new = torch.logaddexp(new, leak + new.logsumexp(-1, keepdim=True))
+        alpha = torch.where((t < lengths)[:, None], new, alpha)
+    return (alpha + g.final.to(y.dtype)).logsumexp(-1)
+
+
+def occupancies(y: torch.Tensor, lengths: torch.Tensor, graph: Graph, leaky_hmm: float = 0.0) -> torch.Tensor:
+    """Posterior pdf occupancies ``gamma (B, T, P)`` (rows sum to 1 on valid frames, 0 on padding)."""
+    with torch.enable_grad():
+        yy = y.detach().requires_grad_(True)
+        (gamma,) = torch.autograd.grad(graph_forward(yy, lengths, graph, leaky_hmm).sum(), yy)
+    return gamma
+
+
+def greedy_labels(logp: torch.Tensor, length: int, blank: int = 0) -> Sequence[int]:
+    """CTC 1-best of one utterance: argmax, merge repeats, drop blanks."""
+    best = logp[:length].argmax(-1).tolist()
+    return [k for i, k in enumerate(best) if k != blank and (i == 0 or best[i - 1] != k)]
+
+
+class LFMMIKDLoss(nn.Module):
+    """Modified LF-MMI prediction-layer distillation (DistillW2V2): ``L_pred = beta * MMI + (1 - beta) * MSE``.
+
+    Args:
+        den_graph: denominator :class:`Graph` over the shared output units (``0`` = blank).
+        numerator: ``"soft"`` -- ``MMI = -sum_t sum_k gammaT_t(k) y_t(k) + log Z_den`` with the teacher's
+            occupancies ``gammaT`` on the same graph (gradient ``gamma_den - gammaT``; no transcripts);
+            ``"hard"`` -- ``MMI = -log Z_num + log Z_den`` with the numerator graph of the teacher's 1-best.
+        beta: weight of MMI vs the logit MSE.
+        leaky_hmm: leaky-HMM coefficient (0 = off).
+        teacher_shift_ms, student_shift_ms: frame shifts; the teacher is pooled to the student's rate.
+    Forward:
+        ``student_logits (B, T, P)`` + ``(B,)``, ``teacher_logits (B, T', P)`` + ``(B,)`` ->
+        ``(loss_sum, denom = valid student frames, stats)``. Scores are ``log_softmax`` of the logits.
+    """
+
+    def __init__(self, den_graph: Graph, numerator: str = "soft", beta: float = 0.8, leaky_hmm: float = 0.0,
+                 teacher_shift_ms: float = 20.0, student_shift_ms: float = 40.0):
+        super().__init__()
+        require(numerator in ("soft", "hard"), f"numerator={numerator!r}: use 'soft' or 'hard'")
+        require(0.0 <= beta <= 1.0, f"beta={beta}: must be in [0, 1]")
+        ratio = student_shift_ms / teacher_shift_ms
+        require(ratio >= 1 and abs(ratio - round(ratio)) < 1e-6, f"frame shifts teacher={teacher_shift_ms} ms, "
+                f"student={student_shift_ms} ms: the student must be an integer multiple of the teacher")
+        self.den_graph, self.numerator, self.beta, self.leaky = den_graph, numerator, beta, leaky_hmm
+        self.ratio = int(round(ratio))
+
+    def forward(self, student_logits: torch.Tensor, student_lengths: torch.Tensor, teacher_logits: torch.Tensor,
+                teacher_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+        y = student_logits.float().log_softmax(-1)
+        with torch.no_grad():
+            ty = teacher_logits.float().log_softmax(-1)
+            t_logp, t_len = match_frame_rate(ty, teacher_lengths, self.ratio, "pool")
+            if self.numerator == "soft":
+                gamma, _ = match_frame_rate(occupancies(ty, teacher_lengths, self.den_graph, self.leaky),
+                                            teacher_lengths, self.ratio, "pool")
+        n = min(y.size(1), t_logp.size(1))
+        lens = torch.minimum(student_lengths, t_len).clamp(max=n)
+        y = y[:, :n]
+        mask = lengths_to_mask(lens, n)
+        log_z_den = graph_forward(y, lens, self.den_graph, self.leaky)
+        if self.numerator == "soft":
+            num = (gamma[:, :n] * y * mask[..., None]).sum((1, 2))
+        else:
+            num = torch.stack([graph_forward(y[i : i + 1], lens[i : i + 1], ctc_num_graph(greedy_labels(t_logp[i], int(lens[i]))))[0]
+                               for i in range(y.size(0))])
+        mmi = (log_z_den - num).sum()
+        mse = ((y - t_logp[:, :n]).pow(2).mean(-1) * mask).sum()  # MSE of the (log-normalised) logits
+        total = self.beta * mmi + (1 - self.beta) * mse
+        frames = lens.sum().clamp(min=1)
+        return total, lens.sum(), {"lfmmi": (mmi / frames).item(), "lfmmi_mse": (mse / frames).item()}
