@@ -33,6 +33,11 @@ class KDChunkedEncoder(AbsEncoder):
         self.hidden_states: List[torch.Tensor] = []
 
     @property
+    def encoders(self) -> torch.nn.ModuleList:
+        """The blocks, under ESPnet's attribute name (so layer hooks find them, e.g. when this student teaches)."""
+        return self.net.layers
+
+    @property
     def num_layers(self) -> int:
         return self.net.num_layers
 

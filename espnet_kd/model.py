@@ -112,11 +112,14 @@ class ESPnetASRKDModel(ESPnetASRModel):
             teacher = self.teacher.to(speech.device)
             with torch.no_grad():
                 t_out = teacher(speech, speech_lengths)
-            kd_sum, kd_den, kd_stats = self.kd_loss(t_out.hidden, t_out.lengths, hidden, encoder_out_lens)
+            logits = {}
+            if getattr(self.kd_loss, "needs_logits", False):  # prediction-layer KD (e.g. LF-MMI)
+                logits = dict(teacher_logits=t_out.logits, student_logits=self.ctc.ctc_lo(encoder_out))
+            kd_sum, kd_den, kd_stats = self.kd_loss(t_out.hidden, t_out.lengths, hidden, encoder_out_lens, **logits)
             loss_kd = kd_sum / kd_den.clamp(min=1)
             loss = loss + self.kd_weight * loss_kd
             stats["loss_kd"] = loss_kd.detach()
-            stats.update({k: torch.tensor(v) for k, v in kd_stats.items() if k != "kd_layer"})
+            stats.update({k: torch.tensor(v) for k, v in kd_stats.items() if k not in ("kd_layer", "kd_aux_apc")})
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight

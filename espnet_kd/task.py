@@ -7,7 +7,9 @@ and ``--model espnet_kd`` (default). ESPnet's module-level ``ClassChoices`` are 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
+import os
 from typing import Any, Dict, Tuple
 
 import torch
@@ -24,7 +26,10 @@ from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str_or_none
 
 from kd_core.errors import require
+from kd_core.losses.aux_apc import AuxAPCKDLoss
 from kd_core.losses.layerwise import LayerwiseKDLoss
+from kd_core.losses.lfmmi import DistillW2V2Loss
+from kd_core.losses.lfmmi_graph import cached_den_graph
 from kd_core.teachers import TEACHER_TYPES, load_teacher
 
 from .encoder import KDChunkedEncoder
@@ -41,10 +46,28 @@ def _extend(choices: ClassChoices, default: str = None, **extra) -> ClassChoices
 frontend_choices = _extend(_asr.frontend_choices, kd_streaming=KDStreamingFrontend)
 encoder_choices = _extend(_asr.encoder_choices, kd_chunked=KDChunkedEncoder)
 model_choices = _extend(_asr.model_choices, default="espnet_kd", espnet_kd=ESPnetASRKDModel)
-kd_loss_choices = ClassChoices("kd_loss", classes=dict(layerwise=LayerwiseKDLoss), default="layerwise", optional=True)
+kd_loss_choices = ClassChoices("kd_loss", classes=dict(layerwise=LayerwiseKDLoss, aux_apc=AuxAPCKDLoss, lfmmi=DistillW2V2Loss),
+                               default="layerwise", optional=True)
 
 #: KD loss arguments that the task derives from the teacher and the student (never in the config).
-DERIVED_KD_ARGS = ("teacher_dim", "student_dim", "teacher_layers", "student_layers", "teacher_shift_ms", "student_shift_ms")
+DERIVED_KD_ARGS = ("teacher_dim", "student_dim", "teacher_layers", "student_layers", "teacher_shift_ms", "student_shift_ms",
+                   "encoder", "den_graph")
+
+
+def transcript_token_ids(args: argparse.Namespace) -> list:
+    """Token-id sequences of the training transcripts (``text`` in --train_data_path_and_name_and_type),
+    tokenised exactly as the preprocessor does."""
+    from espnet2.text.build_tokenizer import build_tokenizer
+    from espnet2.text.token_id_converter import TokenIDConverter
+
+    texts = [p for p, name, _ in args.train_data_path_and_name_and_type if name == "text"]
+    require(texts, "--kd_loss lfmmi: the denominator graph needs training transcripts ('text' in "
+            "--train_data_path_and_name_and_type)")
+    tokenizer = build_tokenizer(token_type=args.token_type, bpemodel=getattr(args, "bpemodel", None),
+                                non_linguistic_symbols=getattr(args, "non_linguistic_symbols", None))
+    conv = TokenIDConverter(token_list=args.token_list, unk_symbol=getattr(args, "unk_symbol", "<unk>"))
+    with open(texts[0], encoding="utf-8") as f:
+        return [conv.tokens2ids(tokenizer.text2tokens(line.rstrip("\n").partition(" ")[2])) for line in f]
 
 
 def student_frame_shift_ms(model: ESPnetASRModel, fs: int) -> float:
@@ -74,7 +97,8 @@ class ASRKDTask(ASRTask):
                            help="fairseq (.pt), torchaudio (factory name or fairseq .pt) or espnet (packed zip / zoo name)")
         group.add_argument("--teacher_path", type=str_or_none, default=None, help="Teacher checkpoint, zip or name")
         group.add_argument("--teacher_conf", action=NestedDictAction, default=dict(),
-                           help="Teacher loader options (fairseq: data_dir; espnet: cachedir; torchaudio: normalize_waveform)")
+                           help="Teacher loader options (fairseq: data_dir; espnet: cachedir, task=asr|asr_kd; "
+                           "torchaudio: normalize_waveform)")
 
     @classmethod
     def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
@@ -148,7 +172,12 @@ class ASRKDTask(ASRTask):
         require(args.teacher_type is not None and args.teacher_path is not None,
                 "--teacher_type and --teacher_path are required when model_conf.kd_weight > 0")
         require(getattr(args, "kd_loss", None) is not None, "--kd_loss: choose a KD loss (e.g. layerwise) or set model_conf.kd_weight=0")
-        teacher = load_teacher(args.teacher_type, args.teacher_path, **args.teacher_conf)
+        teacher_conf = dict(args.teacher_conf)
+        if teacher_conf.get("task") is not None:  # an ESPnet teacher trained with this task (two-stage KD)
+            require(args.teacher_type == "espnet" and teacher_conf["task"] in ("asr", "asr_kd"),
+                    f"--teacher_conf task={teacher_conf['task']}: use asr or asr_kd, with --teacher_type espnet")
+            teacher_conf["task_class"] = cls if teacher_conf.pop("task") == "asr_kd" else ASRTask
+        teacher = load_teacher(args.teacher_type, args.teacher_path, **teacher_conf)
         fs = getattr(model.frontend, "fs", None) or int(args.frontend_conf.get("fs", 16000))
         require(teacher.sample_rate == fs, f"--frontend_conf fs={fs}, but the teacher expects {teacher.sample_rate} Hz; "
                 "resample the data and set fs accordingly")
@@ -163,9 +192,20 @@ class ASRKDTask(ASRTask):
             bad = [s for _, s in parse_layer_map(conf["layer_map"], teacher.num_layers, n_layers, "--kd_loss_conf layer_map") if s != n_layers]
             require(not bad, f"--kd_loss_conf layer_map: student layers {bad} of {args.encoder} are block-processed "
                     f"during training; map teacher layers to the last student layer ({n_layers}) only")
-        kd_loss = kd_loss_choices.get_class(args.kd_loss)(
-            teacher_dim=teacher.hidden_size, student_dim=model.encoder.output_size() if model.postencoder is None
-            else model.postencoder.output_size(), teacher_layers=teacher.num_layers, student_layers=n_layers,
-            teacher_shift_ms=teacher.frame_shift_ms, student_shift_ms=student_frame_shift_ms(model, fs), **conf)
+        kd_class = kd_loss_choices.get_class(args.kd_loss)
+        params = inspect.signature(kd_class).parameters
+        derived = dict(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers, student_layers=n_layers,
+                       student_dim=model.encoder.output_size() if model.postencoder is None else model.postencoder.output_size(),
+                       teacher_shift_ms=teacher.frame_shift_ms, student_shift_ms=student_frame_shift_ms(model, fs))
+        if "encoder" in params:
+            require(isinstance(model.encoder, KDChunkedEncoder), f"--kd_loss {args.kd_loss}: needs --encoder kd_chunked")
+            derived["encoder"] = model.encoder.net
+        if "den_graph" in params:
+            require(teacher.vocab_size == len(args.token_list), f"--kd_loss {args.kd_loss}: the teacher has "
+                    f"{teacher.vocab_size} outputs but --token_list has {len(args.token_list)}; use a CTC teacher "
+                    "trained on the same token list")
+            derived["den_graph"] = cached_den_graph(transcript_token_ids(args), len(args.token_list),
+                                                    os.path.join(args.output_dir, "den_graph"))
+        kd_loss = kd_class(**{k: v for k, v in derived.items() if k in params}, **conf)
         model.attach_teacher(teacher, kd_loss)
         return model

@@ -120,3 +120,44 @@ class LFMMIKDLoss(nn.Module):
         total = self.beta * mmi + (1 - self.beta) * mse
         frames = lens.sum().clamp(min=1)
         return total, lens.sum(), {"lfmmi": (mmi / frames).item(), "lfmmi_mse": (mse / frames).item()}
+
+
+class DistillW2V2Loss(nn.Module):
+    """DistillW2V2's objective: ``L = (1 - alpha) * L_hidden + alpha * L_pred``.
+
+    ``L_hidden``: :class:`~.layerwise.LayerwiseKDLoss` (MSE by default: ``l2_weight=1``);
+    ``L_pred``: :class:`LFMMIKDLoss` on the prediction layer (``beta * MMI + (1 - beta) * MSE``).
+    Both are per-frame means; the result is returned as ``(L * frames, frames, stats)``. Needs the
+    teacher's and the student's prediction-layer logits over the same units (``needs_logits``).
+    """
+
+    needs_logits = True
+
+    def __init__(self, teacher_dim: int, student_dim: int, teacher_layers: int, student_layers: int, den_graph: Graph,
+                 layer_map: str = "", teacher_shift_ms: float = 20.0, student_shift_ms: float = 40.0,
+                 alpha: float = 0.8, beta: float = 0.8, numerator: str = "soft", leaky_hmm: float = 0.0,
+                 l1_weight: float = 0.0, l2_weight: float = 1.0, cos_weight: float = 0.0, heads: str = "linear"):
+        super().__init__()
+        from .layerwise import LayerwiseKDLoss
+
+        require(0.0 <= alpha <= 1.0, f"alpha={alpha}: must be in [0, 1]")
+        require(alpha == 1.0 or layer_map, "layer_map is required unless alpha=1 (prediction loss only)")
+        self.alpha = alpha
+        self.hidden = LayerwiseKDLoss(teacher_dim, student_dim, layer_map, teacher_layers, student_layers, teacher_shift_ms,
+                                      student_shift_ms, l1_weight, l2_weight, cos_weight, heads) if alpha < 1 else None
+        self.pred = LFMMIKDLoss(den_graph, numerator, beta, leaky_hmm, teacher_shift_ms, student_shift_ms)
+
+    def forward(self, teacher_hidden, teacher_lengths, student_hidden, student_lengths, teacher_logits=None,
+                student_logits=None):
+        require(teacher_logits is not None and student_logits is not None,
+                "LF-MMI KD needs prediction-layer logits from the teacher (a CTC fine-tuned teacher) and the student")
+        require(teacher_logits.size(-1) == student_logits.size(-1), f"LF-MMI KD: teacher has {teacher_logits.size(-1)} "
+                f"outputs, student {student_logits.size(-1)}; both need the same token list")
+        p_sum, p_den, stats = self.pred(student_logits, student_lengths, teacher_logits, teacher_lengths)
+        loss = self.alpha * p_sum / p_den.clamp(min=1)
+        if self.hidden is not None:
+            h_sum, h_den, h_stats = self.hidden(teacher_hidden, teacher_lengths, student_hidden, student_lengths)
+            loss = loss + (1 - self.alpha) * h_sum / h_den.clamp(min=1)
+            stats.update(h_stats)
+        frames = student_lengths.sum()
+        return loss * frames, frames, stats

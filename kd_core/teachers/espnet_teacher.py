@@ -99,13 +99,15 @@ def _unpack(model: str, cachedir: Optional[str]) -> dict:
     return ModelDownloader(root).download_and_unpack(model)
 
 
-def load_espnet_teacher(model: str, cachedir: Optional[str] = None) -> EspnetTeacher:
+def load_espnet_teacher(model: str, cachedir: Optional[str] = None, task_class=None) -> EspnetTeacher:
     """Load an ESPnet ASR model as a frozen teacher.
 
     Args:
         model: a zip made by ``python -m espnet2.bin.pack asr ...`` or an espnet_model_zoo name
             (downloaded on first use).
         cachedir: where the model is unpacked (default ``~/.cache/espnet_kd_zoo``).
+        task_class: the ESPnet task that builds the model (default ``ASRTask``; the ESPnet adapter
+            passes its ``ASRKDTask`` for students trained with it, e.g. a two-stage teacher).
     """
     model = str(model)
     looks_like_file = model.endswith((".zip", ".tar.gz", ".tgz")) or os.path.sep in model
@@ -120,10 +122,11 @@ def load_espnet_teacher(model: str, cachedir: Optional[str] = None) -> EspnetTea
                             "pass a zip made by 'espnet2.bin.pack asr'") from None
     require("asr_train_config" in files and "asr_model_file" in files,
             f"teacher_path={model}: not an ESPnet ASR model (no asr_train_config/asr_model_file in the pack)")
-    from espnet2.tasks.asr import ASRTask
+    if task_class is None:
+        from espnet2.tasks.asr import ASRTask as task_class
 
     try:
-        asr, args = ASRTask.build_model_from_file(files["asr_train_config"], files["asr_model_file"], "cpu")
+        asr, args = task_class.build_model_from_file(files["asr_train_config"], files["asr_model_file"], "cpu")
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0][:160] if str(e) else ""
         raise KDConfigError(f"teacher_path={model}: ESPnet cannot build the model ({type(e).__name__}: {msg}); "

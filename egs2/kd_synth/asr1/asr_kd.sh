@@ -11,6 +11,9 @@ set -euo pipefail
 stage=1; stop_stage=9; debug=false; python=python3; nj=2
 teacher_config=conf/train_teacher.yaml; student_config=conf/train_student.yaml; inference_config=conf/decode.yaml
 teacher_type=espnet; teacher_path=""      # default: the teacher trained in stage 5
+student_overrides=""   # e.g. "conf/method_aux_apc.yaml": merged on top of the student config
+student_tag=""         # experiment name suffix: exp/asr_kd_student${student_tag}
+init_student=""        # two-stage: initialise the student from this model file (stage-1 student)
 nbpe=64; fs=16k
 train_set=train; valid_set=valid; test_sets="test_synth test_fsdd"
 num_train=600; num_valid=60; num_test=100; fsdd_max=0; text_source=wordnet
@@ -24,14 +27,14 @@ if [ "$debug" = true ]; then  # CI size: a few minutes end to end
 else
     cfg() { :; }
 fi
-merged() {  # merged() base.yaml out.yaml: base + the debug override when --debug true
-    local over; over=$(cfg "$1"); mkdir -p "$(dirname "$2")"
-    "$python" local/merge_yaml.py "$1" ${over:+"$over"} > "$2"
+merged() {  # merged() base.yaml out.yaml [more overrides]: base + the debug override + the rest
+    local base=$1 out=$2 over; shift 2; over=$(cfg "$base"); mkdir -p "$(dirname "$out")"
+    "$python" local/merge_yaml.py "$base" ${over:+"$over"} "$@" > "$out"
 }
 token_dir=data/token_list/bpe_unigram${nbpe}
 stats_dir=exp/asr_stats_raw_bpe${nbpe}
 teacher_dir=exp/asr_teacher
-student_dir=exp/asr_kd_student
+student_dir=exp/asr_kd_student${student_tag}
 common=(--use_preprocessor true --token_type bpe --bpemodel "$token_dir/bpe.model" --token_list "$token_dir/tokens.txt"
         --non_linguistic_symbols none --cleaner none --g2p none --frontend_conf "fs=$fs" --ngpu 0)
 data_opts=(--train_data_path_and_name_and_type "dump/raw/$train_set/wav.scp,speech,sound"
@@ -92,8 +95,10 @@ fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     log "Stage 6: KD training of the streaming student (espnet2.bin.asr_kd_train, teacher: $teacher_type $teacher_path)"
-    merged "$student_config" "$student_dir/train_config.yaml"
-    run "$python" -m espnet2.bin.asr_kd_train "${common[@]}" --config "$student_dir/train_config.yaml" "${data_opts[@]}" "${shape_opts[@]}" \
+    # shellcheck disable=SC2086
+    merged "$student_config" "$student_dir/train_config.yaml" $student_overrides
+    init=(); [ -n "$init_student" ] && init=(--init_param "$init_student:encoder:encoder" "$init_student:frontend:frontend" "$init_student:ctc:ctc")
+    run "$python" -m espnet2.bin.asr_kd_train "${init[@]}" "${common[@]}" --config "$student_dir/train_config.yaml" "${data_opts[@]}" "${shape_opts[@]}" \
         --teacher_type "$teacher_type" --teacher_path "$teacher_path" --teacher_conf "cachedir=$PWD/exp/teacher_cache" \
         --resume true --output_dir "$student_dir"
 fi

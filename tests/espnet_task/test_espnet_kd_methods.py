@@ -1,0 +1,61 @@
+"""Method presets through the real ESPnet trainer: aux branches + APC, LF-MMI (DistillW2V2), two-stage."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_espnet
+from test_espnet_kd_train import CHUNKED, _train
+
+pytestmark = pytest.mark.slow
+
+
+def _export(out, dst, cwd):
+    run_espnet("espnet_kd.export", "--config", out / "config.yaml", "--model_file", out / "valid.loss.best.pth",
+               "--out_dir", dst, cwd=cwd)
+    return torch.load(dst / "model.pth", map_location="cpu")
+
+
+def _stats(out):
+    return torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)["reporter"]["stats"][1]["train"]
+
+
+def test_aux_apc_trains_and_export_has_plain_student_cost(espnet_data, tiny_teachers, tmp_path):
+    hub = ["--teacher_type", "fairseq", "--teacher_path", tiny_teachers["fairseq_hubert"], "--max_epoch", "1"]
+    _train(espnet_data, tmp_path / "aux", *CHUNKED, *hub, "--kd_loss", "aux_apc", "--kd_loss_conf", "layer_map='2:1,3:2'",
+           "--kd_loss_conf", "apc_shift=2")
+    stats = _stats(tmp_path / "aux")
+    assert {"aux_l1_t2s1", "apc_cos_t3s2", "loss_kd"} <= set(stats), sorted(stats)
+    trained = torch.load(tmp_path / "aux/valid.loss.best.pth", map_location="cpu")
+    assert any(k.startswith("kd_loss.aux_layers.") for k in trained)  # the branch trained ...
+    _train(espnet_data, tmp_path / "plain", *CHUNKED, *hub, "--kd_loss_conf", "layer_map='2:1,3:2'")
+    aux, plain = _export(tmp_path / "aux", tmp_path / "aux_x", tmp_path), _export(tmp_path / "plain", tmp_path / "plain_x", tmp_path)
+    # ... and is gone from the exported student: same tensors, same sizes, same inference cost
+    assert {k: v.shape for k, v in aux.items()} == {k: v.shape for k, v in plain.items()}
+
+
+def test_lfmmi_then_two_stage_streaming_student(espnet_data, tiny_teachers, tmp_path):
+    tokens = Path(tiny_teachers["espnet"]).parent / "espnet_asr_tiny" / "tokens.txt"  # the CTC teacher's token list
+    zoo = ["--teacher_type", "espnet", "--teacher_conf", f"cachedir={tmp_path}/zoo", "--token_list", tokens, "--max_epoch", "1"]
+    lfmmi = ["--kd_loss", "lfmmi", "--kd_loss_conf", "layer_map='2:2'", "--kd_loss_conf", "alpha=0.8",
+             "--kd_loss_conf", "beta=0.8"]
+    stage1 = [a if a != "chunk_size=4" else "chunk_size=0" for a in CHUNKED]  # shrink: non-streaming small student
+    s1 = tmp_path / "stage1"
+    _train(espnet_data, s1, *stage1, *zoo, "--teacher_path", tiny_teachers["espnet"], *lfmmi)
+    stats = _stats(s1)
+    assert {"lfmmi", "lfmmi_mse", "loss_kd"} <= set(stats) and 0 <= stats["lfmmi"] < 1e3, sorted(stats)
+    assert len(list((s1 / "den_graph").glob("den_ctc_bigram_*.pt"))) == 1
+    # stage 2: streaming student initialised from stage 1 and distilled from it (packed like any ESPnet model)
+    exported = _export(s1, tmp_path / "stage1_x", tmp_path)
+    run_espnet("espnet2.bin.pack", "asr", "--asr_train_config", tmp_path / "stage1_x/config.yaml", "--asr_model_file",
+               tmp_path / "stage1_x/model.pth", "--outpath", tmp_path / "stage1.zip", cwd=tmp_path)
+    s2 = tmp_path / "stage2"
+    init = [f"{tmp_path}/stage1_x/model.pth:{m}:{m}" for m in ("frontend", "encoder", "ctc")]
+    _train(espnet_data, s2, *CHUNKED, *zoo, "--teacher_path", tmp_path / "stage1.zip", "--teacher_conf", "task=asr_kd",
+           *lfmmi, "--init_param", *init, "--optim_conf", "lr=0.00001")
+    cfg = yaml.safe_load((s2 / "config.yaml").read_text())
+    assert cfg["encoder_conf"]["chunk_size"] == 4 and "lfmmi" in _stats(s2)
+    final = torch.load(s2 / "valid.loss.best.pth", map_location="cpu")
+    key = "encoder.net.layers.0.att.qkv.weight" if "encoder.net.layers.0.att.qkv.weight" in final else \
+        next(k for k in final if k.startswith("encoder.net.layers.0.") and k.endswith("weight"))
+    assert (final[key] - exported[key]).abs().max() < 0.01  # started from stage 1 (tiny lr), not from scratch
