@@ -14,6 +14,7 @@ teacher_type=espnet; teacher_path=""      # default: the teacher trained in stag
 student_overrides=""   # e.g. "conf/method_aux_apc.yaml": merged on top of the student config
 student_tag=""         # experiment name suffix: exp/asr_kd_student${student_tag}
 init_student=""        # two-stage: initialise the student from this model file (stage-1 student)
+teacher_task=asr       # asr_kd when the teacher is a (packed) student trained with asr_kd (two-stage)
 nbpe=64; fs=16k
 train_set=train; valid_set=valid; test_sets="test_synth test_fsdd"
 num_train=600; num_valid=60; num_test=100; fsdd_max=0; text_source=wordnet
@@ -97,9 +98,10 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     log "Stage 6: KD training of the streaming student (espnet2.bin.asr_kd_train, teacher: $teacher_type $teacher_path)"
     # shellcheck disable=SC2086
     merged "$student_config" "$student_dir/train_config.yaml" $student_overrides
+    tconf=(); [ "$teacher_type" = espnet ] && tconf=(--teacher_conf "cachedir=$PWD/exp/teacher_cache" --teacher_conf "task=$teacher_task")
     init=(); [ -n "$init_student" ] && init=(--init_param "$init_student:encoder:encoder" "$init_student:frontend:frontend" "$init_student:ctc:ctc")
     run "$python" -m espnet2.bin.asr_kd_train "${init[@]}" "${common[@]}" --config "$student_dir/train_config.yaml" "${data_opts[@]}" "${shape_opts[@]}" \
-        --teacher_type "$teacher_type" --teacher_path "$teacher_path" --teacher_conf "cachedir=$PWD/exp/teacher_cache" \
+        --teacher_type "$teacher_type" --teacher_path "$teacher_path" "${tconf[@]}" \
         --resume true --output_dir "$student_dir"
 fi
 
@@ -129,8 +131,7 @@ fi
 
 if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
     log "Stage 9: scoring"
-    run "$python" local/score.py --ref_dir dump/raw --out exp/RESULTS.md \
-        $(for d in "$teacher_dir" "$student_dir"; do for m in offline streaming; do for t in $test_sets_present; do
-          echo "$d/decode_$m/$t"; done; done; done)
+    # shellcheck disable=SC2046
+    run "$python" local/score.py --ref_dir dump/raw --out exp/RESULTS.md $(ls -d exp/asr_*/decode_*/* 2>/dev/null)
 fi
 log "done"

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""WER per decoding directory with jiwer -> a Markdown table (stdout).
+"""WER per decoding directory with jiwer, plus each model's size and algorithmic latency -> Markdown.
 
-Usage: ``local/score.py --ref_dir data --out RESULTS.md DECODE_DIR [...]`` where each DECODE_DIR is
+Usage: ``local/score.py --ref_dir dump/raw --out exp/RESULTS.md DECODE_DIR [...]`` where each DECODE_DIR is
 ``<exp>/decode_<tag>/<test_set>`` holding ``1best_recog/text`` (ESPnet's layout).
 """
 import argparse
+import math
 from pathlib import Path
 
 import jiwer
+import torch
+import yaml
 
 
 def read(path: Path) -> dict:
@@ -18,13 +21,40 @@ def read(path: Path) -> dict:
     return out
 
 
+def model_info(exp: Path) -> tuple:
+    """(parameters in millions without training-only KD heads, algorithmic latency in ms, inf or None)."""
+    params = float("nan")
+    for name in ("valid.loss.ave.pth", "valid.loss.best.pth"):
+        if (exp / name).exists():
+            state = torch.load(exp / name, map_location="cpu")
+            params = sum(v.numel() for k, v in state.items() if not k.startswith("kd_loss.") and v.is_floating_point()
+                         and "mean" not in k.rsplit(".", 1)[-1] and "std" not in k.rsplit(".", 1)[-1]) / 1e6
+            break
+    cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").exists() else {}
+    latency = math.inf
+    if cfg.get("encoder") == "kd_chunked" and cfg.get("encoder_conf", {}).get("chunk_size", 0) > 0:
+        from kd_core.streaming import algorithmic_latency_ms
+
+        from espnet_kd.frontend import KDStreamingFrontend
+
+        fe = KDStreamingFrontend(**cfg.get("frontend_conf", {}))
+        shift = 1000.0 * fe.stride / fe.fs
+        enc = cfg["encoder_conf"]
+        latency = algorithmic_latency_ms(enc["chunk_size"], shift, enc.get("right_context", 0),
+                                         1000.0 * (fe.receptive_field - fe.stride) / fe.fs)
+    elif "contextual_block" in str(cfg.get("encoder")):
+        latency = None  # block processing: not computed here
+    return params, latency
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ref_dir", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("dirs", nargs="+")
+    p.add_argument("dirs", nargs="*")
     a = p.parse_args()
-    rows = ["| model / decoding | test set | utts | WER % | CER % |", "|---|---|---|---|---|"]
+    rows = ["| model | decoding | test set | params (M) | latency (ms) | utts | WER % | CER % |",
+            "|---|---|---|---|---|---|---|---|"]
     for d in map(Path, a.dirs):
         hyp_file = d / "1best_recog" / "text"
         if not hyp_file.is_file():
@@ -34,8 +64,11 @@ def main() -> None:
         missing = [k for k in keys if k not in hyp]
         if missing:
             raise SystemExit(f"{hyp_file}: {len(missing)} utterances missing (e.g. {missing[0]}); rerun decoding")
-        r, h = [ref[k] for k in keys], [hyp[k] or "<empty>" for k in keys]
-        rows.append(f"| {d.parent.parent.name} / {d.parent.name} | {d.name} | {len(keys)} | "
+        r, h = [ref[k] for k in keys], [hyp[k] for k in keys]
+        params, latency = model_info(d.parent.parent)
+        decoding = d.parent.name.replace("decode_", "")
+        lat = "n/a" if latency is None else "full context" if math.isinf(latency) else f"{latency:.0f}"
+        rows.append(f"| {d.parent.parent.name} | {decoding} | {d.name} | {params:.2f} | {lat} | {len(keys)} | "
                     f"{100 * jiwer.wer(r, h):.1f} | {100 * jiwer.cer(r, h):.1f} |")
     Path(a.out).write_text("\n".join(rows) + "\n", encoding="utf-8")
     print("\n".join(rows))
