@@ -8,7 +8,7 @@ Forward recursion, per utterance (``y_t (P,)`` pdf scores, arcs ``e = (s_e, d_e,
     log Z        = logsumexp_s [alpha_T(s) + final(s)]
 
 computed with a max-shifted log-sum-exp per destination state, so long inputs never overflow.
-Frames beyond an utterance's length leave ``alpha`` unchanged. With ``leaky_hmm = c > 0`` every
+Each utterance's ``log Z`` is read at its own length, so padded frames never count. With ``leaky_hmm = c > 0`` every
 step adds ``log(c / S) + logsumexp(alpha)`` to each of the ``S`` states (a leaky HMM as in Povey
 et al. 2016, with a uniform restart distribution), letting paths restart anywhere. ``d log Z / d y_t(k)`` is the posterior occupancy ``gamma_t(k)``, taken by autograd.
 """
@@ -37,22 +37,55 @@ def _scatter_logsumexp(values: torch.Tensor, index: torch.Tensor, size: int) -> 
     return torch.where(ok, m_safe + torch.where(ok, s, torch.ones_like(s)).log(), torch.full_like(s, float("-inf")))
 
 
+def _dense_form(g: Graph):
+    """``(exp(W) (S, S), pdf of each state (S,))`` when every arc's pdf is fixed by its destination
+    state (true for CTC numerator and CTC-bigram denominator graphs), else ``None``."""
+    state_pdf = torch.full((g.num_states,), -1, dtype=torch.long)
+    state_pdf[g.dst] = g.pdf
+    if not torch.equal(state_pdf[g.dst], g.pdf):
+        return None
+    w = torch.zeros(g.num_states, g.num_states, dtype=torch.float64)
+    w.index_put_((g.src, g.dst), g.weight.double().exp(), accumulate=True)
+    return w, state_pdf.clamp(min=0)
+
+
+def _safe_log(p: torch.Tensor) -> torch.Tensor:
+    ok = p > 0
+    return torch.where(ok, torch.where(ok, p, torch.ones_like(p)).log(), torch.full_like(p, float("-inf")))
+
+
 def graph_forward(y: torch.Tensor, lengths: torch.Tensor, graph: Graph, leaky_hmm: float = 0.0) -> torch.Tensor:
-    """``log Z`` per utterance. ``y (B, T, P)`` pdf scores, ``lengths (B,)`` -> ``(B,)``."""
+    """``log Z`` per utterance. ``y (B, T, P)`` pdf scores, ``lengths (B,)`` -> ``(B,)``.
+
+    Graphs whose arcs' pdfs depend only on the destination state (all graphs built in
+    :mod:`.lfmmi_graph`) run as a max-scaled ``(B, S) @ (S, S)`` product per frame; others as a
+    scatter log-sum-exp over arcs. Both compute the same recursion.
+    """
     require(y.size(-1) > int(graph.pdf.max()), f"graph uses pdf {int(graph.pdf.max())} but y has {y.size(-1)} outputs")
     g = graph.to(y.device)
     b, t_max, _ = y.shape
     s_n = g.num_states
     alpha = g.start.to(y.dtype).expand(b, -1)
-    w = g.weight.to(y.dtype)
     leak = math.log(leaky_hmm / s_n) if leaky_hmm > 0 else None
-    for t in range(t_max):
-        arc = alpha[:, g.src] + w + y[:, t, g.pdf]
-        new = _scatter_logsumexp(arc, g.dst, s_n)
+    dense = _dense_form(graph)
+    if dense is not None:
+        w_exp, state_pdf = dense[0].to(y.device, y.dtype), dense[1].to(y.device)
+        emit = y[:, :, state_pdf]  # (B, T, S)
+    else:
+        w = g.weight.to(y.dtype)
+    alphas = [alpha]
+    for t in range(int(lengths.max()) if b else 0):
+        if dense is not None:
+            m = alpha.max(-1, keepdim=True).values.detach()
+            alpha = m + _safe_log((alpha - m).exp() @ w_exp) + emit[:, t]
+        else:
+            alpha = _scatter_logsumexp(alpha[:, g.src] + w + y[:, t, g.pdf], g.dst, s_n)
         if leak is not None:
-            new = torch.logaddexp(new, leak + new.logsumexp(-1, keepdim=True))
-        alpha = torch.where((t < lengths)[:, None], new, alpha)
-    return (alpha + g.final.to(y.dtype)).logsumexp(-1)
+            alpha = torch.logaddexp(alpha, leak + alpha.logsumexp(-1, keepdim=True))
+        alphas.append(alpha)
+    # each utterance ends at its own length: frames beyond it never enter its score
+    last = torch.stack(alphas, 1)[torch.arange(b, device=y.device), lengths.clamp(max=t_max)]
+    return (last + g.final.to(y.dtype)).logsumexp(-1)
 
 
 def occupancies(y: torch.Tensor, lengths: torch.Tensor, graph: Graph, leaky_hmm: float = 0.0) -> torch.Tensor:
