@@ -9,20 +9,10 @@ Usage: ``python bench/lfmmi_speed.py [--batch 8] [--seconds 8] [--vocab 64] [--t
 from __future__ import annotations
 
 import argparse
-import time
-
 import torch
 from torch.nn import functional as F
 
-
-def best_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from timing import best_time
 
 
 def main(argv=None) -> None:

@@ -11,19 +11,9 @@ Usage: ``python bench/speed.py [--seconds 8] [--repeats 3] [--quick]``.
 from __future__ import annotations
 
 import argparse
-import time
-
 import torch
 
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from timing import best_time
 
 
 def main(argv=None):
