@@ -11,6 +11,7 @@ Usage: ``python bench/speed.py [--seconds 8] [--repeats 3] [--quick]``.
 from __future__ import annotations
 
 import argparse
+
 import torch
 
 from timing import best_time
