@@ -37,6 +37,6 @@ def test_debug_recipe_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [[c.strip() for c in r.split("|")[1:-1]] for r in (recipe / "exp/RESULTS.md").read_text().splitlines()[2:]]
     models = {r[0] for r in rows}
-    assert {f"asr_kd_student{t}" for t in ("", "_scratch", "_aux_apc", "_lfmmi", "_stage2")} <= models
+    assert {f"asr_kd_student{t}" for t in ("", "_layerwise", "_scratch", "_aux_apc", "_lfmmi", "_stage2")} <= models
     assert all(r[4] == "525" for r in rows if r[0].startswith("asr_kd_student"))  # 480 ms chunk + 45 ms front-end
     assert (recipe / "exp/asr_kd_student_stage1/stage1.zip").exists()
