@@ -15,7 +15,6 @@ from typing import Any, Dict, Tuple
 import torch
 from espnet2.asr.ctc import CTC
 from espnet2.asr.espnet_model import ESPnetASRModel
-from espnet2.layers.abs_normalize import AbsNormalize  # noqa: F401 (type of normalize choices)
 from espnet2.tasks import asr as _asr
 from espnet2.tasks.asr import ASRTask
 from espnet2.torch_utils.initialize import initialize
@@ -206,6 +205,9 @@ class ASRKDTask(ASRTask):
                     "trained on the same token list")
             derived["den_graph"] = cached_den_graph(transcript_token_ids(args), len(args.token_list),
                                                     os.path.join(args.output_dir, "den_graph"))
+        unknown = sorted(set(conf) - set(params))
+        require(not unknown, f"--kd_loss_conf {', '.join(unknown)}: not an option of kd_loss {args.kd_loss}; it takes "
+                f"{', '.join(k for k in params if k not in DERIVED_KD_ARGS)}")
         kd_loss = kd_class(**{k: v for k, v in derived.items() if k in params}, **conf)
         model.attach_teacher(teacher, kd_loss)
         return model

@@ -124,6 +124,7 @@ def test_kd_from_zoo_teacher_into_stock_encoder_decodes_without_our_package(espn
     (["--teacher_path", "/nonexistent/hubert.pt"], "teacher_path"),
     (["--kd_loss_conf", "layer_map='1:7'"], "student layer 7 out of range"),
     (["--kd_loss_conf", "layer_map=1:7"], "quote the map"),
+    (["--kd_loss", "aux_apc", "--kd_loss_conf", "heads=linear"], "not an option of kd_loss aux_apc"),
     (["--kd_loss_conf", "layer_map='9:1'"], "teacher layer 9 out of range"),
 ])
 def test_bad_input_fails_before_training_with_one_line(espnet_data, tiny_teachers, tmp_path, extra, needle):
