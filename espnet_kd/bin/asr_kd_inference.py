@@ -53,7 +53,6 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
     from espnet_kd.frontend import KDStreamingFrontend
     from espnet_kd.task import ASRKDTask
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, train_args = ASRKDTask.build_model_from_file(config, model_file, "cpu")
     model.eval()
     token_type = args.token_type or train_args.token_type
@@ -94,8 +93,6 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
 
 
 def main(cmd=None) -> None:
-    from espnet2.utils.types import str_or_none  # noqa: F401 (ESPnet's parser types)
-
     from espnet_kd.export import export_student
 
     parser = get_parser()

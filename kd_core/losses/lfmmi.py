@@ -15,7 +15,7 @@ et al. 2016, with a uniform restart distribution), letting paths restart anywher
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import nn
