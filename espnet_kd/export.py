@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Tuple
 
 import torch
 import yaml
 
+from kd_core.atomic import atomic_write, atomic_write_text
 from kd_core.errors import require
 
 logger = logging.getLogger(__name__)
@@ -38,17 +37,6 @@ def student_config(config: dict) -> Tuple[dict, bool]:
     return cfg, stock
 
 
-def _atomic_save(obj, path: Path, writer) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
-    os.close(fd)
-    try:
-        writer(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def export_student(config: str, model_file: str, out_dir: str) -> Tuple[Path, Path, bool]:
     """Write ``out_dir/config.yaml`` and ``out_dir/model.pth``; returns their paths and the stock flag."""
     config, model_file, out = Path(config), Path(model_file), Path(out_dir)
@@ -59,13 +47,9 @@ def export_student(config: str, model_file: str, out_dir: str) -> Tuple[Path, Pa
     state = torch.load(model_file, map_location="cpu", weights_only=False)
     state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_save(state, out / "model.pth", torch.save)
+    atomic_write(out / "model.pth", lambda tmp: torch.save(state, tmp))
 
-    def dump(obj, path):
-        with open(path, "w", encoding="utf-8") as f:
-            yaml.safe_dump(obj, f, allow_unicode=True, sort_keys=False)
-
-    _atomic_save(cfg, out / "config.yaml", dump)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False))
     logger.info("exported student to %s (%s)", out, "stock ESPnet classes" if stock else "needs espnet_kd to decode")
     return out / "config.yaml", out / "model.pth", stock
 

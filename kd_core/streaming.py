@@ -7,7 +7,7 @@ after the front-end's total stride.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -88,3 +88,11 @@ def algorithmic_latency_ms(
     if chunk_size <= 0:
         return math.inf
     return (chunk_size + right_context) * frame_shift_ms + frontend_lookahead_ms
+
+
+def measure_frame_shift_ms(num_frames: Callable[[int], int], sample_rate: int, seconds: Tuple[int, int] = (1, 3)) -> float:
+    """Frame shift of a model from its output lengths: ``num_frames(n_samples)`` is called for two
+    input lengths, and the shift is the extra input time per extra output frame."""
+    n1, n2 = (num_frames(s * sample_rate) for s in seconds)
+    require(n2 > n1, f"cannot measure the frame shift: {n1} and {n2} output frames for {seconds[0]} s and {seconds[1]} s of input")
+    return 1000.0 * (seconds[1] - seconds[0]) / (n2 - n1)

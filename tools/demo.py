@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_corpus import make_synthetic_corpus, prepare_fsdd  # noqa: E402
 
+from kd_core.atomic import atomic_write  # noqa: E402
 from kd_core.data import CharTokenizer, greedy_ctc, load_audio, pad_batch, read_kaldi_dir  # noqa: E402
 from kd_core.distiller import Distiller, ctc_loss_sum  # noqa: E402
 from kd_core.streaming import algorithmic_latency_ms, ms_to_frames  # noqa: E402
@@ -37,9 +37,7 @@ log = logging.getLogger("demo")
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_split(data_dir: Path, tok: CharTokenizer | None = None):

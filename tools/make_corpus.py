@@ -41,6 +41,7 @@ _TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(_TOOLS))  # text_sources
 if str(_TOOLS.parent) not in sys.path:
     sys.path.append(str(_TOOLS.parent))  # kd_core when the package is not installed
+from kd_core.atomic import atomic_write_text  # noqa: E402
 from kd_core.errors import KDConfigError, require  # noqa: E402
 
 log = logging.getLogger("make_corpus")
@@ -99,14 +100,6 @@ def _run(cmd: List[str]) -> None:
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {res.returncode}): {err[-1] if err else ''}")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _check_tools(tools: Sequence[str] = ("espeak-ng", "sox")) -> None:
     for tool in tools:
         require(shutil.which(tool) is not None, f"{tool}: not found on PATH; install Debian's {tool} (tools/install.sh does)")
@@ -159,7 +152,7 @@ def _synth_one(job: Job) -> bool:
         tmp_final = path.with_name(f".{path.name}.tmp.wav")
         shutil.move(out, tmp_final)
         os.replace(tmp_final, path)
-    _atomic_write(key_file, key)
+    atomic_write_text(key_file, key)
     return True
 
 
@@ -170,23 +163,23 @@ def write_outputs(out_dir: Path, split: str, utts: Sequence[Tuple[str, str, Path
     # Kaldi: sorted by utterance id, the speaker ids must come out sorted too (ids prefixed by speaker).
     assert all(u.startswith(s + "-") for u, s, _, _ in utts) and spks == sorted(spks), f"{split}: utt ids do not sort by speaker"
     kdir = out_dir / "kaldi" / split
-    _atomic_write(kdir / "wav.scp", "".join(f"{u} {p.resolve()}\n" for u, _, p, _ in utts))
-    _atomic_write(kdir / "text", "".join(f"{u} {t}\n" for u, _, _, t in utts))
-    _atomic_write(kdir / "utt2spk", "".join(f"{u} {s}\n" for u, s, _, _ in utts))
+    atomic_write_text(kdir / "wav.scp", "".join(f"{u} {p.resolve()}\n" for u, _, p, _ in utts))
+    atomic_write_text(kdir / "text", "".join(f"{u} {t}\n" for u, _, _, t in utts))
+    atomic_write_text(kdir / "utt2spk", "".join(f"{u} {s}\n" for u, s, _, _ in utts))
     spk2utt: Dict[str, List[str]] = {}
     for u, s, _, _ in utts:
         spk2utt.setdefault(s, []).append(u)
-    _atomic_write(kdir / "spk2utt", "".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
+    atomic_write_text(kdir / "spk2utt", "".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
     root = (out_dir / "wav").resolve()
     fdir = out_dir / "fairseq"
     tsv = [str(root)] + [f"{p.resolve().relative_to(root)}\t{sf.info(str(p)).frames}" for _, _, p, _ in utts]
-    _atomic_write(fdir / f"{split}.tsv", "\n".join(tsv) + "\n")
-    _atomic_write(fdir / f"{split}.wrd", "".join(f"{t}\n" for *_, t in utts))
+    atomic_write_text(fdir / f"{split}.tsv", "\n".join(tsv) + "\n")
+    atomic_write_text(fdir / f"{split}.wrd", "".join(f"{t}\n" for *_, t in utts))
     ltr = [" ".join(t.replace(" ", "|")) + " |" for *_, t in utts]
-    _atomic_write(fdir / f"{split}.ltr", "".join(f"{line}\n" for line in ltr))
+    atomic_write_text(fdir / f"{split}.ltr", "".join(f"{line}\n" for line in ltr))
     if dict_from:
         counts = Counter(c for line in ltr for c in line.split())
-        _atomic_write(fdir / "dict.ltr.txt", "".join(f"{c} {n}\n" for c, n in sorted(counts.items(), key=lambda x: (-x[1], x[0]))))
+        atomic_write_text(fdir / "dict.ltr.txt", "".join(f"{c} {n}\n" for c, n in sorted(counts.items(), key=lambda x: (-x[1], x[0]))))
 
 
 def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_valid: int = 20, num_test: int = 20, jobs: int = 2,
@@ -213,7 +206,7 @@ def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_vali
         from text_sources import WORDNET_NOTICE, wordnet_sentences
 
         pool = wordnet_sentences()
-        _atomic_write(out_dir / "TEXT_LICENSE.txt", WORDNET_NOTICE + "\n")
+        atomic_write_text(out_dir / "TEXT_LICENSE.txt", WORDNET_NOTICE + "\n")
     summary = {"out": str(out_dir.resolve()), "seed": seed, "text_source": text_source, "noise_snr_db": noise_snr_db,
                "speed_perturb": speed_perturb, "reverb": reverb, "splits": {}}
     jobs_list = []
@@ -240,7 +233,7 @@ def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_vali
     for split, info in summary["splits"].items():
         write_outputs(out_dir, split, info.pop("utts"), dict_from=split == "train")
     summary["kaldi"], summary["fairseq"] = str(out_dir / "kaldi"), str(out_dir / "fairseq")
-    _atomic_write(out_dir / "corpus.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out_dir / "corpus.json", json.dumps(summary, indent=1) + "\n")
     _write_readme(out_dir, "Synthetic speech: espeak-ng + sox, seeded (see corpus.json for all options).", summary)
     return summary
 
@@ -250,7 +243,7 @@ def _write_readme(out_dir: Path, what: str, summary: dict) -> None:
                           for split, info in summary["splits"].items()]
     lines += ["", "Audio: wav/<split>/<uttid>.wav (16 kHz mono 16-bit). Kaldi dirs: kaldi/<split>/.",
               "fairseq manifests: fairseq/<split>.{tsv,ltr,wrd}, fairseq/dict.ltr.txt (from train)."]
-    _atomic_write(out_dir / "README.txt", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "README.txt", "\n".join(lines) + "\n")
 
 
 def prepare_fsdd(fsdd_dir, out_dir, max_per_split: Optional[int] = None, jobs: int = 2) -> dict:
@@ -297,7 +290,7 @@ def prepare_fsdd(fsdd_dir, out_dir, max_per_split: Optional[int] = None, jobs: i
         list(ex.map(convert, todo))
     for split, utts in splits.items():
         write_outputs(out_dir, split, utts, dict_from=split == "train")
-    _atomic_write(out_dir / "corpus.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out_dir / "corpus.json", json.dumps(summary, indent=1) + "\n")
     _write_readme(out_dir, "Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-dataset), "
                   "CC BY-SA 4.0; resampled to 16 kHz. Official split: takes 0-4 test, 5-49 train.", summary)
     return summary

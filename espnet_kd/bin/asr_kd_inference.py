@@ -12,8 +12,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List
-
 from kd_core.errors import KDConfigError, require
 
 
@@ -31,15 +29,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _greedy_ctc(ids: List[int], blank: int = 0) -> List[int]:
-    out, prev = [], None
-    for i in ids:
-        if i != prev and i != blank:
-            out.append(i)
-        prev = i
-    return out
-
-
 def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path) -> None:
     """Greedy CTC decoding of a student with the core's front-end/encoder, offline or chunk by chunk."""
     import torch
@@ -47,6 +36,7 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
     from espnet2.text.build_tokenizer import build_tokenizer
     from espnet2.text.token_id_converter import TokenIDConverter
 
+    from kd_core.data import greedy_ctc
     from kd_core.students.model import stream_hidden
 
     from espnet_kd.encoder import KDChunkedEncoder
@@ -81,14 +71,13 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
             else:
                 enc, _ = model.encode(speech, batch["speech_lengths"])
                 enc = enc[0] if isinstance(enc, tuple) else enc
-            logp = model.ctc.log_softmax(enc)[0]
-            best = logp.max(-1)
-            token_int = _greedy_ctc(best.indices.tolist())
+            logp = model.ctc.log_softmax(enc)
+            token_int = greedy_ctc(logp, torch.tensor([logp.size(1)]))[0]
             tokens = converter.ids2tokens(token_int)
             w = writer["1best_recog"]
             w["token"][keys[0]] = " ".join(tokens)
             w["token_int"][keys[0]] = " ".join(map(str, token_int))
-            w["score"][keys[0]] = str(float(best.values.sum()))
+            w["score"][keys[0]] = str(float(logp.max(-1).values.sum()))
             w["text"][keys[0]] = tokenizer.tokens2text(tokens) if tokenizer is not None else " ".join(tokens)
 
 

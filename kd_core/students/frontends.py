@@ -99,6 +99,12 @@ class FbankConv2d(nn.Module):
 FRONTENDS = {"wav_cnn": WaveformCNN, "fbank": FbankConv2d}
 
 
+def frontend_timing_ms(frontend: nn.Module, sample_rate: int) -> Tuple[float, float]:
+    """``(frame shift, look-ahead)`` in ms of a valid-convolution front-end; the look-ahead is the
+    receptive field beyond one stride (part of the algorithmic latency)."""
+    return 1000.0 * frontend.stride / sample_rate, 1000.0 * (frontend.receptive_field - frontend.stride) / sample_rate
+
+
 class SampleBuffer:
     """Streams a valid-convolution front-end exactly.
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import require
 from .encoder import ChunkedEncoder
-from .frontends import FRONTENDS, SampleBuffer
+from .frontends import FRONTENDS, SampleBuffer, frontend_timing_ms
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,12 @@ class StreamingStudent(nn.Module):
 
     @property
     def frame_shift_ms(self) -> float:
-        return 1000.0 * self.frontend.stride / self.sample_rate
+        return frontend_timing_ms(self.frontend, self.sample_rate)[0]
 
     @property
     def frontend_lookahead_ms(self) -> float:
         """Samples beyond one stride that a frame needs, in ms (part of algorithmic latency)."""
-        return 1000.0 * (self.frontend.receptive_field - self.frontend.stride) / self.sample_rate
+        return frontend_timing_ms(self.frontend, self.sample_rate)[1]
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor, chunk_size: Optional[int] = None) -> StudentOutput:
         feats, flen = self.frontend(wav, lengths)

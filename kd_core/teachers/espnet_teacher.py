@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import KDConfigError, require
 from ..hooks import capture_layers, first_tensor
+from ..streaming import measure_frame_shift_ms
 from .base import Teacher, TeacherOutput
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,8 @@ class EspnetTeacher(Teacher):
         if hop is not None and factor is not None:
             return 1000.0 * hop * factor / self.sample_rate
         logger.info("frame shift of %s measured from its output lengths", type(self.model.encoder).__name__)
-        sr = self.sample_rate
-        n1, n2 = (int(self._forward_batch(torch.zeros(1, k * sr), torch.tensor([k * sr])).lengths) for k in (1, 3))
-        return 2000.0 / (n2 - n1)
+        return measure_frame_shift_ms(lambda n: int(self._forward_batch(torch.zeros(1, n), torch.tensor([n])).lengths),
+                                      self.sample_rate)
 
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         """``wav (B, S)``, ``lengths (B,)`` -> hidden ``num_layers + 1 x (B, T, D)``, logits ``(B, T, V)``."""

@@ -34,14 +34,14 @@ def model_info(exp: Path) -> tuple:
     latency = math.inf
     if cfg.get("encoder") == "kd_chunked" and cfg.get("encoder_conf", {}).get("chunk_size", 0) > 0:
         from kd_core.streaming import algorithmic_latency_ms
+        from kd_core.students.frontends import frontend_timing_ms
 
         from espnet_kd.frontend import KDStreamingFrontend
 
         fe = KDStreamingFrontend(**cfg.get("frontend_conf", {}))
-        shift = 1000.0 * fe.stride / fe.fs
+        shift, lookahead = frontend_timing_ms(fe, fe.fs)
         enc = cfg["encoder_conf"]
-        latency = algorithmic_latency_ms(enc["chunk_size"], shift, enc.get("right_context", 0),
-                                         1000.0 * (fe.receptive_field - fe.stride) / fe.fs)
+        latency = algorithmic_latency_ms(enc["chunk_size"], shift, enc.get("right_context", 0), lookahead)
     elif "contextual_block" in str(cfg.get("encoder")):
         latency = None  # block processing: not computed here
     return params, latency
