@@ -7,7 +7,6 @@ and ``--model espnet_kd`` (default). ESPnet's module-level ``ClassChoices`` are 
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 from typing import Any, Dict, Tuple
@@ -25,10 +24,10 @@ from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str_or_none
 
 from kd_core.errors import require
-from kd_core.losses.aux_apc import AuxAPCKDLoss
-from kd_core.losses.layerwise import LayerwiseKDLoss
-from kd_core.losses.lfmmi import DistillW2V2Loss
+from kd_core.losses.layerwise import parse_layer_map
 from kd_core.losses.lfmmi_graph import cached_den_graph
+from kd_core.losses.registry import DERIVED_KD_ARGS, KD_LOSSES, KDContext, build_kd_loss
+from kd_core.streaming import measure_frame_shift_ms
 from kd_core.teachers import TEACHER_TYPES, load_teacher
 
 from .encoder import KDChunkedEncoder
@@ -45,12 +44,7 @@ def _extend(choices: ClassChoices, default: str = None, **extra) -> ClassChoices
 frontend_choices = _extend(_asr.frontend_choices, kd_streaming=KDStreamingFrontend)
 encoder_choices = _extend(_asr.encoder_choices, kd_chunked=KDChunkedEncoder)
 model_choices = _extend(_asr.model_choices, default="espnet_kd", espnet_kd=ESPnetASRKDModel)
-kd_loss_choices = ClassChoices("kd_loss", classes=dict(layerwise=LayerwiseKDLoss, aux_apc=AuxAPCKDLoss, lfmmi=DistillW2V2Loss),
-                               default="layerwise", optional=True)
-
-#: KD loss arguments that the task derives from the teacher and the student (never in the config).
-DERIVED_KD_ARGS = ("teacher_dim", "student_dim", "teacher_layers", "student_layers", "teacher_shift_ms", "student_shift_ms",
-                   "encoder", "den_graph")
+kd_loss_choices = ClassChoices("kd_loss", classes=dict(KD_LOSSES), default="layerwise", optional=True)
 
 
 def transcript_token_ids(args: argparse.Namespace) -> list:
@@ -70,14 +64,13 @@ def transcript_token_ids(args: argparse.Namespace) -> list:
 
 
 def student_frame_shift_ms(model: ESPnetASRModel, fs: int) -> float:
-    """Encoder output frame shift, measured: frames added by one extra second of input."""
+    """Encoder output frame shift, measured from output lengths (model in eval mode, no gradients)."""
     was = model.training
     model.eval()
     with torch.no_grad():
-        n = [model.encode(torch.zeros(1, s), torch.tensor([s]))[1].item() for s in (fs, 2 * fs)]
+        shift = measure_frame_shift_ms(lambda n: int(model.encode(torch.zeros(1, n), torch.tensor([n]))[1]), fs)
     model.train(was)
-    require(n[1] > n[0], "cannot measure the student's frame shift (no output frames for 2 s of input)")
-    return 1000.0 / (n[1] - n[0])
+    return shift
 
 
 class ASRKDTask(ASRTask):
@@ -181,33 +174,18 @@ class ASRKDTask(ASRTask):
         require(teacher.sample_rate == fs, f"--frontend_conf fs={fs}, but the teacher expects {teacher.sample_rate} Hz; "
                 "resample the data and set fs accordingly")
         conf = dict(args.kd_loss_conf)
-        extra = sorted(set(conf) & set(DERIVED_KD_ARGS))
-        require(not extra, f"--kd_loss_conf {', '.join(extra)}: derived from the teacher and student; remove them")
-        require(conf.get("layer_map"), "--kd_loss_conf layer_map is required, e.g. layer_map: '4:2,8:4,12:6' (teacher:student)")
         n_layers = model.num_student_layers
-        if type(model.encoder).__name__ in BLOCK_ENCODERS:
-            from kd_core.losses.layerwise import parse_layer_map
-
+        if type(model.encoder).__name__ in BLOCK_ENCODERS and conf.get("layer_map"):
             bad = [s for _, s in parse_layer_map(conf["layer_map"], teacher.num_layers, n_layers, "--kd_loss_conf layer_map") if s != n_layers]
             require(not bad, f"--kd_loss_conf layer_map: student layers {bad} of {args.encoder} are block-processed "
                     f"during training; map teacher layers to the last student layer ({n_layers}) only")
-        kd_class = kd_loss_choices.get_class(args.kd_loss)
-        params = inspect.signature(kd_class).parameters
-        derived = dict(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers, student_layers=n_layers,
-                       student_dim=model.encoder.output_size() if model.postencoder is None else model.postencoder.output_size(),
-                       teacher_shift_ms=teacher.frame_shift_ms, student_shift_ms=student_frame_shift_ms(model, fs))
-        if "encoder" in params:
-            require(isinstance(model.encoder, KDChunkedEncoder), f"--kd_loss {args.kd_loss}: needs --encoder kd_chunked")
-            derived["encoder"] = model.encoder.net
-        if "den_graph" in params:
-            require(teacher.vocab_size == len(args.token_list), f"--kd_loss {args.kd_loss}: the teacher has "
-                    f"{teacher.vocab_size} outputs but --token_list has {len(args.token_list)}; use a CTC teacher "
-                    "trained on the same token list")
-            derived["den_graph"] = cached_den_graph(transcript_token_ids(args), len(args.token_list),
-                                                    os.path.join(args.output_dir, "den_graph"))
-        unknown = sorted(set(conf) - set(params))
-        require(not unknown, f"--kd_loss_conf {', '.join(unknown)}: not an option of kd_loss {args.kd_loss}; it takes "
-                f"{', '.join(k for k in params if k not in DERIVED_KD_ARGS)}")
-        kd_loss = kd_class(**{k: v for k, v in derived.items() if k in params}, **conf)
+        ctx = KDContext(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers, teacher_shift_ms=teacher.frame_shift_ms,
+                        student_dim=model.encoder.output_size() if model.postencoder is None else model.postencoder.output_size(),
+                        student_layers=n_layers, student_shift_ms=student_frame_shift_ms(model, fs),
+                        encoder=model.encoder.net if isinstance(model.encoder, KDChunkedEncoder) else None,
+                        den_graph=lambda: cached_den_graph(transcript_token_ids(args), len(args.token_list),
+                                                           os.path.join(args.output_dir, "den_graph")),
+                        teacher_vocab=teacher.vocab_size, student_vocab=len(args.token_list))
+        kd_loss = build_kd_loss(args.kd_loss, conf, ctx, option="--kd_loss_conf")
         model.attach_teacher(teacher, kd_loss)
         return model

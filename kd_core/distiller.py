@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from .errors import require
 from .losses.layerwise import LayerMapSpec, LayerwiseKDLoss
-from .students.model import StreamingStudent
+from .losses.registry import needs_logits
+from .students.model import StreamingStudent, StudentOutput
 from .teachers.base import Teacher, TeacherOutput
 
 
@@ -68,17 +69,32 @@ class Distiller(nn.Module):
                 target_lengths: Optional[torch.Tensor] = None, teacher_out: Optional[TeacherOutput] = None):
         """``wav (B, S)``, ``lengths (B,)``, optional CTC ``targets (B, U)`` -> ``(loss_sum, denom, stats)``."""
         out = self.student(wav, lengths)
-        b = wav.size(0)
-        loss, stats = out.hidden[-1].new_zeros(()), {}
-        if self.kd_weight:
-            if teacher_out is None:
-                require(self.teacher is not None, "no teacher and no precomputed teacher targets given")
-                teacher_out = self.teacher(wav, lengths)
-            kd_sum, kd_den, stats = self.kd(teacher_out.hidden, teacher_out.lengths, out.hidden, out.lengths)
-            loss = self.kd_weight * kd_sum / kd_den.clamp(min=1)
-        if self.ctc_weight and targets is not None:
-            c_sum, c_den = ctc_loss_sum(out.logits, out.lengths, targets, target_lengths)
-            loss = loss + self.ctc_weight * c_sum / c_den
-            stats["ctc"] = (c_sum / c_den).item()
-        stats["loss"] = loss.item()
-        return loss * b, torch.tensor(float(b)), stats
+        if self.kd_weight and teacher_out is None:
+            require(self.teacher is not None, "no teacher and no precomputed teacher targets given")
+            teacher_out = self.teacher(wav, lengths)
+        return kd_objective(self.kd, out, teacher_out, self.kd_weight, self.ctc_weight, targets, target_lengths)
+
+
+def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: Optional[TeacherOutput], kd_weight: float,
+                 ctc_weight: float, targets: Optional[torch.Tensor] = None, target_lengths: Optional[torch.Tensor] = None,
+                 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    """``kd_weight * KD (mean over the loss's denominator, e.g. valid frames) + ctc_weight * CTC (mean
+    over utterances)``, returned as ``(mean * B, B, stats)``: the per-utterance sum that ESPnet divides
+    by its weight and fairseq by ``sample_size``. CTC counts only when ``targets (B, U)`` are given;
+    prediction-layer losses (``needs_logits``) also get both models' logits ``(B, T, V)``.
+    """
+    b = student.lengths.numel()
+    loss, stats = student.hidden[-1].new_zeros(()), {}
+    if kd_weight:
+        require(kd_loss is not None and teacher is not None, "kd_weight > 0 but no KD loss or teacher targets")
+        logits = dict(teacher_logits=teacher.logits, student_logits=student.logits) if needs_logits(kd_loss) else {}
+        kd_sum, kd_den, stats = kd_loss(teacher.hidden, teacher.lengths, student.hidden, student.lengths, **logits)
+        loss = kd_weight * kd_sum / kd_den.clamp(min=1)
+        stats["kd"] = (kd_sum / kd_den.clamp(min=1)).item()
+    if ctc_weight and targets is not None:
+        require(student.logits is not None, "ctc_weight > 0 but the student has no CTC head; set vocab_size")
+        c_sum, c_den = ctc_loss_sum(student.logits, student.lengths, targets, target_lengths)
+        loss = loss + ctc_weight * c_sum / c_den
+        stats["ctc"] = (c_sum / c_den).item()
+    stats["loss"] = loss.item()
+    return loss * b, torch.tensor(float(b)), stats

@@ -26,11 +26,25 @@ from ..streaming import lengths_to_mask
 LayerMapSpec = Union[str, Mapping[int, int], Sequence[Sequence[int]]]
 
 
+def auto_layer_map(teacher_layers: int, student_layers: int) -> List[Tuple[int, int]]:
+    """``layer_map="auto"``: student layers at 1/3, 2/3 and 3/3 of its depth (DistilHuBERT predicts
+    teacher layers 4, 8, 12 of 12), each paired with the teacher layer at the same relative depth."""
+    pairs: List[Tuple[int, int]] = []
+    for k in (1, 2, 3):
+        s = max(1, round(k * student_layers / 3))
+        t = max(1, round(s * teacher_layers / student_layers))
+        if (t, s) not in pairs:
+            pairs.append((t, s))
+    return pairs
+
+
 def parse_layer_map(spec: LayerMapSpec, teacher_layers: int, student_layers: int, option: str = "layer_map") -> List[Tuple[int, int]]:
-    """Parse ``"4:2,8:4,12:6"``, ``{4: 2}`` or ``[[4, 2]]`` into validated (teacher, student) pairs.
+    """Parse ``"4:2,8:4,12:6"``, ``{4: 2}``, ``[[4, 2]]`` or ``"auto"`` into validated (teacher, student) pairs.
 
     Layer ``0`` is the input to the first layer (after the front-end); layer ``L`` the last.
     """
+    if spec == "auto":
+        return auto_layer_map(teacher_layers, student_layers)
     if isinstance(spec, (int, float)):  # YAML 1.1 reads an unquoted 1:7 as the base-60 number 67
         raise KDConfigError(f"{option}={spec!r}: got a number; quote the map ('1:7,2:8') or give pairs [[1, 7], [2, 8]]")
     if isinstance(spec, str):
