@@ -184,7 +184,8 @@ class ASRKDTask(ASRTask):
                         student_layers=n_layers, student_shift_ms=student_frame_shift_ms(model, fs),
                         encoder=model.encoder.net if isinstance(model.encoder, KDChunkedEncoder) else None,
                         den_graph=lambda: cached_den_graph(transcript_token_ids(args), len(args.token_list),
-                                                           os.path.join(args.output_dir, "den_graph")),
+                                                           os.path.join(args.output_dir, "den_graph"),
+                                                           topology=conf.get("topology", "ctc")),
                         teacher_vocab=teacher.vocab_size, student_vocab=len(args.token_list))
         kd_loss = build_kd_loss(args.kd_loss, conf, ctx, option="--kd_loss_conf")
         model.attach_teacher(teacher, kd_loss)
