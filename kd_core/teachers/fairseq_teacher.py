@@ -49,8 +49,12 @@ def read_fairseq_checkpoint(path: str) -> dict:
     from fairseq import checkpoint_utils
 
     require(os.path.isfile(path), f"teacher_path={path}: file not found; pass an existing fairseq checkpoint (.pt)")
+    # safe_globals() removes on exit everything it was given, also globals allowed before it was
+    # entered (e.g. fairseq_kd's Dictionary): add only the missing ones.
+    present = torch.serialization.get_safe_globals()
+    extra = [g for g in _allowed_globals() if g not in present]
     try:
-        with torch.serialization.safe_globals(_allowed_globals()):
+        with torch.serialization.safe_globals(extra):
             state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a readable checkpoint"
         hint = "re-download it or pass the right file"
