@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -89,4 +89,33 @@ def greedy_ctc(logits: torch.Tensor, lengths: torch.Tensor) -> List[List[int]]:
     for b in range(best.size(0)):
         seq = torch.unique_consecutive(best[b, : int(lengths[b])])
         out.append([int(i) for i in seq if i != 0])
+    return out
+
+
+def read_wav_list(wav_scp: Optional[str] = None, manifest: Optional[str] = None) -> List[Tuple[str, str]]:
+    """``(utt_id, wav path)`` pairs in list order from a Kaldi ``wav.scp`` or a fairseq manifest ``.tsv``
+    (first line the root folder, then ``relative/path.wav<TAB>num_samples``; the id is the relative path)."""
+    require((wav_scp is None) != (manifest is None), "pass exactly one of --wav_scp and --manifest")
+    src = wav_scp or manifest
+    require(os.path.isfile(src), f"{src}: not found; pass an existing {'wav.scp' if wav_scp else 'fairseq .tsv manifest'}")
+    with open(src, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f]
+    out = []
+    if wav_scp:
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            require(len(parts) == 2, f"{src}:{n}: expected 'utt_id /path/to.wav'")
+            require(not parts[1].rstrip().endswith("|"), f"{src}:{n}: pipe commands are not supported; dump the audio to "
+                    "wav files first (e.g. ESPnet's dump stage)")
+            out.append((parts[0], parts[1].strip()))
+    else:
+        require(bool(lines) and lines[0].strip(), f"{src}:1: expected the audio root folder on the first line")
+        root = lines[0].strip()
+        for n, line in enumerate(lines[1:], 2):
+            if line.strip():
+                rel = line.split("\t")[0]
+                out.append((rel, os.path.join(root, rel)))
+    require(bool(out), f"{src}: no utterances listed")
     return out

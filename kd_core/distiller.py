@@ -75,6 +75,10 @@ class Distiller(nn.Module):
         return kd_objective(self.kd, out, teacher_out, self.kd_weight, self.ctc_weight, targets, target_lengths)
 
 
+#: per-loss totals that ``kd_objective`` reports once, as ``kd``
+SUMMARY_STATS = ("kd_layer", "kd_aux_apc")
+
+
 def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: Optional[TeacherOutput], kd_weight: float,
                  ctc_weight: float, targets: Optional[torch.Tensor] = None, target_lengths: Optional[torch.Tensor] = None,
                  ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
@@ -90,6 +94,7 @@ def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: 
         logits = dict(teacher_logits=teacher.logits, student_logits=student.logits) if needs_logits(kd_loss) else {}
         kd_sum, kd_den, stats = kd_loss(teacher.hidden, teacher.lengths, student.hidden, student.lengths, **logits)
         loss = kd_weight * kd_sum / kd_den.clamp(min=1)
+        stats = {k: v for k, v in stats.items() if k not in SUMMARY_STATS}
         stats["kd"] = (kd_sum / kd_den.clamp(min=1)).item()
     if ctc_weight and targets is not None:
         require(student.logits is not None, "ctc_weight > 0 but the student has no CTC head; set vocab_size")

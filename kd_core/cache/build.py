@@ -29,7 +29,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..data import load_audio, pad_batch
+from ..data import load_audio, pad_batch, read_wav_list
 from ..errors import KDConfigError, require
 from ..teachers import TEACHER_TYPES
 from ..teachers.base import Teacher
@@ -37,35 +37,6 @@ from .keys import check_layers, describe_teacher, parse_layers, teacher_fingerpr
 from .store import TeacherTargetCache
 
 logger = logging.getLogger(__name__)
-
-
-def read_wav_list(wav_scp: Optional[str] = None, manifest: Optional[str] = None) -> List[Tuple[str, str]]:
-    """``(utt_id, wav path)`` pairs in list order from a Kaldi ``wav.scp`` or a fairseq manifest ``.tsv``
-    (first line the root folder, then ``relative/path.wav<TAB>num_samples``; the id is the relative path)."""
-    require((wav_scp is None) != (manifest is None), "pass exactly one of --wav_scp and --manifest")
-    src = wav_scp or manifest
-    require(os.path.isfile(src), f"{src}: not found; pass an existing {'wav.scp' if wav_scp else 'fairseq .tsv manifest'}")
-    with open(src, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f]
-    out = []
-    if wav_scp:
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            parts = line.split(maxsplit=1)
-            require(len(parts) == 2, f"{src}:{n}: expected 'utt_id /path/to.wav'")
-            require(not parts[1].rstrip().endswith("|"), f"{src}:{n}: pipe commands are not supported; dump the audio to "
-                    "wav files first (e.g. ESPnet's dump stage)")
-            out.append((parts[0], parts[1].strip()))
-    else:
-        require(bool(lines) and lines[0].strip(), f"{src}:1: expected the audio root folder on the first line")
-        root = lines[0].strip()
-        for n, line in enumerate(lines[1:], 2):
-            if line.strip():
-                rel = line.split("\t")[0]
-                out.append((rel, os.path.join(root, rel)))
-    require(bool(out), f"{src}: no utterances listed")
-    return out
 
 
 def _list_digest(utts: Sequence[Tuple[str, str]], shard_size: int, sample_rate: int) -> str:
@@ -99,7 +70,7 @@ def build_cache(root: Union[str, os.PathLike], teacher: Teacher, fingerprint: st
             time, sorted by length within a shard.
         fingerprint: :func:`teacher_fingerprint` of ``teacher``.
         layers, dtype, store_logits: what to store (``layers`` e.g. ``"4,8,12"``).
-        utterances: ``(utt_id, wav path)`` pairs (:func:`read_wav_list`).
+        utterances: ``(utt_id, wav path)`` pairs (:func:`kd_core.data.read_wav_list`).
         source: the list's file name, recorded in ``manifest.json``.
         progress: a tqdm bar over utterances.
         on_shard: called as ``on_shard(i, name)`` after shard ``i`` is on disk.

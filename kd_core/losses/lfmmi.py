@@ -17,7 +17,7 @@ posterior occupancy ``gamma_t(k)``: by autograd for numerator graphs, by an expl
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -338,3 +338,32 @@ class DistillW2V2Loss(nn.Module):
             stats.update(h_stats)
         frames = student_lengths.sum()
         return loss * frames, frames, stats
+
+
+@torch.no_grad()
+def teacher_den_sequences(teacher, waves: Iterable[torch.Tensor], student_shift_ms: float, topology: str = "ctc",
+                          batch_size: int = 8) -> List[List[int]]:
+    """Label sequences for a denominator bigram without transcripts: the CTC teacher's 1-best.
+
+    ``waves``: ``(S,)`` waveforms. The teacher's log-probabilities are pooled to the student's frame
+    rate first (as :class:`LFMMIKDLoss` does), then read with :func:`~.lfmmi_graph.teacher_1best_sequences`
+    in ``topology``. Returns one token-id list per waveform.
+    """
+    from ..data import pad_batch
+
+    ratio = student_shift_ms / teacher.frame_shift_ms
+    require(ratio >= 1 and abs(ratio - round(ratio)) < 1e-6, f"den graph from teacher 1-best: student frame shift "
+            f"{student_shift_ms} ms must be an integer multiple of the teacher's {teacher.frame_shift_ms} ms")
+    out: List[List[int]] = []
+    batch: List[torch.Tensor] = []
+    for wav in list(waves) + [None]:
+        if wav is not None:
+            batch.append(wav)
+        if batch and (wav is None or len(batch) == batch_size):
+            t_out = teacher(*pad_batch(batch))
+            require(t_out.logits is not None, "den graph from teacher 1-best: the teacher has no CTC head; "
+                    "use a CTC fine-tuned teacher or transcripts")
+            logp, lens = match_frame_rate(t_out.logits.float().log_softmax(-1), t_out.lengths, int(round(ratio)), "pool")
+            out += teacher_1best_sequences(logp, lens, topology)
+            batch = []
+    return out

@@ -29,7 +29,7 @@ def test_loss_is_batch_independent(teacher):
     """KD sum over a padded batch == sum over the utterances alone (teacher exact, losses masked)."""
     dist = _dist(teacher).eval()
     s, d, stats = dist(WAV, LENS, Y, YL)
-    assert int(d) == 3 and torch.isfinite(s) and {"kd_layer", "ctc", "loss"} <= set(stats)
+    assert int(d) == 3 and torch.isfinite(s) and {"kd", "ctc", "loss"} <= set(stats)
 
     def kd_sum(w, n):
         t, st = teacher(w, n), dist.student(w, n)
@@ -69,7 +69,7 @@ def test_scratch_never_runs_teacher(teacher):
         s, d, stats = dist(WAV, LENS, Y, YL)
     finally:
         h.remove()
-    assert not calls and "kd_layer" not in stats and torch.isfinite(s)
+    assert not calls and "kd" not in stats and torch.isfinite(s)
 
 
 def test_config_errors(teacher):

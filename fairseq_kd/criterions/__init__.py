@@ -1,0 +1,2 @@
+"""KD criteria of the fairseq plugin."""
+from . import kd  # noqa: F401

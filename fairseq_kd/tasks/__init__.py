@@ -1,0 +1,2 @@
+"""Tasks of the fairseq plugin."""
+from . import kd_audio  # noqa: F401

@@ -1,0 +1,80 @@
+"""The real ``fairseq-hydra-train`` distils the tiny fairseq teachers: resume, stock reload, decoding, methods."""
+import json
+import subprocess
+import sys
+
+import pytest
+from fairseq_helpers import USER_DIR, hydra_train, run_module
+
+pytestmark = pytest.mark.slow
+
+
+def _state(path):
+    from kd_core.teachers.fairseq_teacher import read_fairseq_checkpoint
+
+    return read_fairseq_checkpoint(str(path))
+
+
+def test_hubert_teacher_resume_stock_reload_and_streaming_decode(fairseq_data, tiny_teachers, tmp_path):
+    save = tmp_path / "exp"
+    args = [f"task.data={fairseq_data['letters']}", f"model.teacher_path={tiny_teachers['fairseq_hubert']}",
+            "criterion.layer_map='1:1,3:2'"]
+    first = hydra_train(*args, "optimization.max_epoch=1", save_dir=save, cwd=tmp_path)
+    assert "begin training epoch 1" in first.stdout and "kd_l1_t3s2" in first.stdout and "wer" in first.stdout
+    state = _state(save / "checkpoint_last.pt")
+    assert all(k.startswith("student.") for k in state["model"])  # the teacher is never saved
+    assert any(k.startswith("kd_loss.heads.") for k in state["criterion"])  # the KD heads are (with the optimizer)
+    # re-running the same command with a larger budget resumes from checkpoint_last.pt
+    second = hydra_train(*args, "optimization.max_epoch=2", save_dir=save, cwd=tmp_path)
+    assert "Loaded checkpoint" in second.stdout and "begin training epoch 2" in second.stdout
+    assert "begin training epoch 1" not in second.stdout
+    # stock fairseq loader, in a fresh process that only imported the user dir the fairseq way
+    code = ("import sys\nfrom argparse import Namespace\nfrom fairseq import checkpoint_utils, utils\n"
+            f"utils.import_user_module(Namespace(user_dir={str(USER_DIR)!r}))\n"
+            f"models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([{str(save / 'checkpoint_best.pt')!r}])\n"
+            "m = models[0]\nassert m.teacher is None  # decoding never needs the teacher\n"
+            "print(type(m).__name__, cfg.model.chunk_size, len(task.target_dictionary))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:-1] == ["KDStreamingStudentModel", "12"]
+    # greedy decoding offline and chunk by chunk (130 ms pieces) give the same words; WER is computed
+    for extra in ([], ["--streaming", "--piece-ms", "130"]):
+        run_module("fairseq_kd.decode", "--checkpoint", save / "checkpoint_best.pt", "--split", "test",
+                   "--results-path", tmp_path / "dec", *extra, cwd=tmp_path)
+    offline = json.loads((tmp_path / "dec" / "wer.test.json").read_text())
+    streaming = json.loads((tmp_path / "dec" / "wer.test.streaming.json").read_text())
+    assert (tmp_path / "dec" / "hyp.test.txt").read_text() == (tmp_path / "dec" / "hyp.test.streaming.txt").read_text()
+    assert offline["utterances"] == 4 and 0 <= offline["wer"] == streaming["wer"]
+    assert streaming["algorithmic_latency_ms"] == 12 * 40 + 25 + 6 * 10 - 40  # chunk + fbank look-ahead
+
+
+def test_ctc_teacher_lfmmi_two_stage(fairseq_data, tiny_teachers, tmp_path):
+    """DistillW2V2 in fairseq: stage 1 non-streaming (LF-MMI, den graph from the teacher's 1-best, 2-state
+    topology), stage 2 streaming, initialised from stage 1 and distilled from it."""
+    data = f"task.data={fairseq_data['ctc']}"
+    s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
+    p1 = hydra_train("+method=stage1", data, f"model.teacher_path={tiny_teachers['fairseq_w2v2_ctc']}",
+                     "criterion.den_graph_source=teacher", "criterion.topology=2state", "criterion.den_graph_dir=" + str(s1),
+                     "optimization.max_epoch=1", save_dir=s1, cwd=tmp_path)
+    assert "non-streaming" in p1.stdout and "lfmmi_mse" in p1.stdout
+    assert len(list(s1.glob("den_2state_bigram_*.pt"))) == 1
+    stage1 = _state(s1 / "checkpoint_best.pt")["model"]
+    p2 = hydra_train("+method=stage2", data, f"model.init_student={s1 / 'checkpoint_best.pt'}",
+                     f"model.teacher_path={s1 / 'checkpoint_best.pt'}", "optimization.lr=[1e-9]", "optimization.max_epoch=1",
+                     save_dir=s2, cwd=tmp_path)
+    assert "40 ms frames" in p2.stdout and "algorithmic latency 525 ms" in p2.stdout  # taught by the stage-1 student
+    stage2 = _state(s2 / "checkpoint_last.pt")["model"]
+    assert stage1.keys() == stage2.keys()
+    assert max((stage1[k].float() - stage2[k].float()).abs().max() for k in stage1) < 1e-4  # started from stage 1
+
+
+def test_aux_apc_branches_live_in_the_criterion(fairseq_data, tiny_teachers, tmp_path):
+    args = [f"task.data={fairseq_data['letters']}", f"model.teacher_path={tiny_teachers['fairseq_hubert']}",
+            "optimization.max_epoch=1", "criterion.layer_map='2:1,3:2'"]
+    p = hydra_train("+method=aux_apc", "criterion.apc_shift=2", *args, save_dir=tmp_path / "aux", cwd=tmp_path)
+    assert "aux_l1_t2s1" in p.stdout and "apc_cos_t3s2" in p.stdout
+    hydra_train(*args, save_dir=tmp_path / "plain", cwd=tmp_path)
+    aux, plain = _state(tmp_path / "aux" / "checkpoint_last.pt"), _state(tmp_path / "plain" / "checkpoint_last.pt")
+    assert any(k.startswith("kd_loss.aux_layers.") for k in aux["criterion"])  # the branches trained ...
+    # ... but the model a user decodes has exactly the plain student's tensors: same inference cost
+    assert {k: v.shape for k, v in aux["model"].items()} == {k: v.shape for k, v in plain["model"].items()}
