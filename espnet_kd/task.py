@@ -91,6 +91,13 @@ class ASRKDTask(ASRTask):
         group.add_argument("--teacher_conf", action=NestedDictAction, default=dict(),
                            help="Teacher loader options (fairseq: data_dir; espnet: cachedir, task=asr|asr_kd; "
                            "torchaudio: normalize_waveform)")
+        group.add_argument("--teacher_cache_dir", type=str_or_none, default=None,
+                           help="Teacher-target cache (kd_core.cache): read the teacher's layers from here instead of "
+                           "running it; shared with fairseq and 'python -m kd_core.cache build'")
+        group.add_argument("--teacher_cache_mode", type=str, default="fill", choices=["fill", "read"],
+                           help="fill: compute and store targets not cached yet; read: every utterance must be cached")
+        group.add_argument("--teacher_cache_dtype", type=str, default="float16", choices=["float16", "float32"],
+                           help="Storage precision of cached targets")
 
     @classmethod
     def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
@@ -188,5 +195,10 @@ class ASRKDTask(ASRTask):
                                                            topology=conf.get("topology", "ctc")),
                         teacher_vocab=teacher.vocab_size, student_vocab=len(args.token_list))
         kd_loss = build_kd_loss(args.kd_loss, conf, ctx, option="--kd_loss_conf")
+        if getattr(args, "teacher_cache_dir", None):
+            from kd_core.cache import cached_teacher_for_loss
+
+            teacher = cached_teacher_for_loss(kd_loss, teacher, args.teacher_type, args.teacher_path, args.teacher_cache_dir,
+                                              args.teacher_cache_mode, args.teacher_cache_dtype, **teacher_conf)
         model.attach_teacher(teacher, kd_loss)
         return model

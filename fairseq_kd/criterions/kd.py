@@ -62,6 +62,7 @@ class KDCriterion(FairseqCriterion):
             require(model.teacher is not None, f"criterion.kd_weight={self.kd_weight} needs a teacher: set "
                     "model.teacher_path (or criterion.kd_weight=0 to train from transcripts only)")
             self.kd_loss = build_kd_loss(self.loss_name, self.loss_options(), self.context(model), option="criterion")
+            model.use_teacher_cache(self.kd_loss)
         require(self.ctc_weight == 0 or model.student.ctc is not None, "criterion.ctc_weight > 0 but the student has "
                 "no CTC head: set task.labels (transcripts) and model.ctc_head=true, or criterion.ctc_weight=0")
         logger.info("%s: kd_weight=%g ctc_weight=%g, KD loss %s", type(self).__name__, self.kd_weight, self.ctc_weight,

@@ -72,6 +72,12 @@ class KDStudentConfig(FairseqDataclass):
     teacher_cachedir: Optional[str] = field(default=None, metadata={"help": "espnet teacher: unpack folder"})
     init_student: Optional[str] = field(default=None, metadata={
         "help": "kd_streaming_student checkpoint whose weights initialise this student (two-stage: stage 1 -> 2)"})
+    teacher_cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "teacher-target cache (kd_core.cache): read the teacher's layers instead of running it"})
+    teacher_cache_mode: ChoiceEnum(["fill", "read"]) = field(default="fill", metadata={
+        "help": "fill: compute and store what is not cached; read: every utterance must be cached"})
+    teacher_cache_dtype: ChoiceEnum(["float16", "float32"]) = field(default="float16", metadata={
+        "help": "storage precision of cached targets"})
 
 
 def parse_conv_layers(spec: str):
@@ -152,6 +158,18 @@ class KDStreamingStudentModel(BaseFairseqModel):
         logger.info("teacher %s: %d layers x %d, %.0f ms frames, %.1fM parameters (frozen)", cfg.teacher_path,
                     teacher.num_layers, teacher.hidden_size, teacher.frame_shift_ms,
                     sum(p.numel() for p in teacher.parameters()) / 1e6)
+
+    def use_teacher_cache(self, kd_loss: torch.nn.Module) -> None:
+        """Put the teacher behind ``model.teacher_cache_dir`` (the layers ``kd_loss`` reads), if set."""
+        cfg = self.cfg
+        if not cfg.teacher_cache_dir or self.teacher is None:
+            return
+        from kd_core.cache import cached_teacher_for_loss
+
+        conf = {"fairseq": {"data_dir": cfg.teacher_data_dir}}.get(str(cfg.teacher_type), {})
+        self._teacher = [cached_teacher_for_loss(kd_loss, self.teacher, str(cfg.teacher_type), cfg.teacher_path,
+                                                 cfg.teacher_cache_dir, str(cfg.teacher_cache_mode),
+                                                 str(cfg.teacher_cache_dtype), **conf)]
 
     def init_from_checkpoint(self) -> None:
         """Copy the student weights of ``model.init_student`` (same architecture; chunking may differ)."""

@@ -14,7 +14,7 @@ A build killed halfway is reported incomplete and resumes where it stopped.
 from .build import build_cache, find_caches, main, read_wav_list
 from .keys import describe_teacher, parse_layers, teacher_fingerprint, utterance_keys, weights_hash
 from .store import TeacherTargetCache
-from .teacher import CachedTeacher, load_cached_teacher
+from .teacher import CachedTeacher, cached_teacher_for_loss, load_cached_teacher
 
-__all__ = ["TeacherTargetCache", "CachedTeacher", "load_cached_teacher", "teacher_fingerprint", "describe_teacher",
+__all__ = ["TeacherTargetCache", "CachedTeacher", "cached_teacher_for_loss", "load_cached_teacher", "teacher_fingerprint", "describe_teacher",
            "utterance_keys", "weights_hash", "parse_layers", "build_cache", "read_wav_list", "find_caches", "main"]

@@ -108,3 +108,17 @@ def load_cached_teacher(cache_root: Union[str, os.PathLike], teacher_type: str, 
     info = describe_teacher(teacher) if teacher is not None else None
     cache = TeacherTargetCache(cache_root, fingerprint, parse_layers(layers), dtype, store_logits, teacher_info=info)
     return CachedTeacher(cache, teacher, mode)
+
+
+def cached_teacher_for_loss(loss, teacher: Teacher, teacher_type: str, teacher_path: str, cache_dir: str,
+                            mode: str = "fill", dtype: str = "float16", **teacher_conf) -> CachedTeacher:
+    """What both adapters call after building their KD loss: ``teacher`` behind a cache of exactly the
+    teacher layers ``loss`` reads (and the logits if it needs them)."""
+    from ..losses.registry import needs_logits, teacher_layers_used
+
+    layers = teacher_layers_used(loss) or [teacher.num_layers]  # e.g. LF-MMI with alpha=1 reads logits only
+    cached = load_cached_teacher(cache_dir, teacher_type, teacher_path, layers, mode=mode, dtype=dtype,
+                                 store_logits=needs_logits(loss), teacher=teacher, **teacher_conf)
+    logger.info("teacher targets from cache %s (%s, layers %s%s)", cached.cache.path, mode, ",".join(map(str, layers)),
+                " + logits" if needs_logits(loss) else "")
+    return cached

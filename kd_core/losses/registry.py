@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from torch import nn
 
@@ -52,6 +52,12 @@ def user_options(loss_class: type) -> Dict[str, inspect.Parameter]:
     return {k: p for k, p in inspect.signature(loss_class).parameters.items() if k not in DERIVED_KD_ARGS}
 
 
+def teacher_layers_used(loss: nn.Module) -> List[int]:
+    """Teacher layers a built KD loss reads (the teacher side of every ``pairs`` in it), sorted; what a
+    teacher-target cache must store for it (plus logits when :func:`needs_logits`)."""
+    return sorted({t for m in loss.modules() for t, _ in getattr(m, "pairs", [])})
+
+
 def needs_logits(loss: nn.Module) -> bool:
     """Whether ``loss`` also takes ``teacher_logits``/``student_logits`` (prediction-layer KD)."""
     return bool(getattr(loss, "needs_logits", False))
@@ -90,4 +96,4 @@ def build_kd_loss(name: str, conf: Mapping, ctx: KDContext, option: str = "kd_lo
     return cls(**{k: v for k, v in derived.items() if k in params}, **conf)
 
 
-__all__ = ["KD_LOSSES", "DERIVED_KD_ARGS", "KDContext", "build_kd_loss", "needs_logits", "user_options"]
+__all__ = ["KD_LOSSES", "DERIVED_KD_ARGS", "KDContext", "build_kd_loss", "needs_logits", "teacher_layers_used", "user_options"]

@@ -78,3 +78,23 @@ def test_aux_apc_branches_live_in_the_criterion(fairseq_data, tiny_teachers, tmp
     assert any(k.startswith("kd_loss.aux_layers.") for k in aux["criterion"])  # the branches trained ...
     # ... but the model a user decodes has exactly the plain student's tensors: same inference cost
     assert {k: v.shape for k, v in aux["model"].items()} == {k: v.shape for k, v in plain["model"].items()}
+
+
+def test_reads_teacher_cache_built_from_a_kaldi_wav_scp(fairseq_data, tiny_teachers, tmp_path):
+    """Keys are sample hashes: a cache built from ESPnet-style wav.scp lists serves fairseq's batches."""
+    hubert = tiny_teachers["fairseq_hubert"]
+    cache = tmp_path / "cache"
+    for split in ("train", "valid"):
+        run_module("kd_core.cache", "build", "--teacher_type", "fairseq", "--teacher_path", hubert, "--layers", "2,3",
+                   "--dtype", "float32", "--out", cache, "--wav_scp", fairseq_data["corpus"] / "kaldi" / split / "wav.scp",
+                   "--no_progress", cwd=tmp_path)
+    args = [f"task.data={fairseq_data['letters']}", f"model.teacher_path={hubert}", "optimization.max_epoch=1"]
+    online = hydra_train(*args, save_dir=tmp_path / "online", cwd=tmp_path)
+    cached = hydra_train(*args, f"model.teacher_cache_dir={cache}", "model.teacher_cache_mode=read",
+                         "model.teacher_cache_dtype=float32", save_dir=tmp_path / "cached", cwd=tmp_path)
+    assert "teacher targets from cache" in cached.stdout and "(read, layers 2,3)" in cached.stdout
+
+    def valid_line(p):
+        return next(line.split(" | ", 1)[1] for line in p.stdout.splitlines() if "valid on 'valid' subset" in line)
+
+    assert valid_line(online) == valid_line(cached)  # same losses to the logged precision: same targets
