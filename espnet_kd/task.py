@@ -63,6 +63,22 @@ def transcript_token_ids(args: argparse.Namespace) -> list:
         return [conv.tokens2ids(tokenizer.text2tokens(line.rstrip("\n").partition(" ")[2])) for line in f]
 
 
+def den_graph_sequences(args: argparse.Namespace, teacher, student_shift_ms: float, topology: str) -> list:
+    """Token sequences for the LF-MMI denominator bigram: training transcripts, or the teacher's 1-best
+    on up to ``--kd_den_graph_max_utts`` training utterances (``--kd_den_graph_source teacher``)."""
+    if getattr(args, "kd_den_graph_source", "transcripts") == "transcripts":
+        return transcript_token_ids(args)
+    from kd_core.data import load_audio, read_wav_list
+    from kd_core.losses.lfmmi import teacher_den_sequences
+
+    scps = [p for p, name, kind in args.train_data_path_and_name_and_type if name == "speech" and kind == "sound"]
+    require(scps, "--kd_den_graph_source teacher: needs 'speech' as a sound wav.scp in --train_data_path_and_name_and_type")
+    utts = read_wav_list(wav_scp=scps[0])[: args.kd_den_graph_max_utts]
+    logging.info("denominator graph: decoding %d training utterances with the teacher", len(utts))
+    waves = (load_audio(path, teacher.sample_rate) for _, path in utts)
+    return teacher_den_sequences(teacher, waves, student_shift_ms, topology)
+
+
 def student_frame_shift_ms(model: ESPnetASRModel, fs: int) -> float:
     """Encoder output frame shift, measured from output lengths (model in eval mode, no gradients)."""
     was = model.training
@@ -91,6 +107,11 @@ class ASRKDTask(ASRTask):
         group.add_argument("--teacher_conf", action=NestedDictAction, default=dict(),
                            help="Teacher loader options (fairseq: data_dir; espnet: cachedir, task=asr|asr_kd; "
                            "torchaudio: normalize_waveform)")
+        group.add_argument("--kd_den_graph_source", type=str, default="transcripts", choices=["transcripts", "teacher"],
+                           help="--kd_loss lfmmi: estimate the denominator bigram from the training transcripts or from "
+                           "the teacher's 1-best on the training audio (no transcripts needed)")
+        group.add_argument("--kd_den_graph_max_utts", type=int, default=2000,
+                           help="--kd_den_graph_source teacher: training utterances decoded")
         group.add_argument("--teacher_cache_dir", type=str_or_none, default=None,
                            help="Teacher-target cache (kd_core.cache): read the teacher's layers from here instead of "
                            "running it; shared with fairseq and 'python -m kd_core.cache build'")
@@ -190,8 +211,9 @@ class ASRKDTask(ASRTask):
                         student_dim=model.encoder.output_size() if model.postencoder is None else model.postencoder.output_size(),
                         student_layers=n_layers, student_shift_ms=student_frame_shift_ms(model, fs),
                         encoder=model.encoder.net if isinstance(model.encoder, KDChunkedEncoder) else None,
-                        den_graph=lambda: cached_den_graph(transcript_token_ids(args), len(args.token_list),
-                                                           os.path.join(args.output_dir, "den_graph"),
+                        den_graph=lambda: cached_den_graph(den_graph_sequences(args, teacher, ctx.student_shift_ms,
+                                                                               conf.get("topology", "ctc")),
+                                                           len(args.token_list), os.path.join(args.output_dir, "den_graph"),
                                                            topology=conf.get("topology", "ctc")),
                         teacher_vocab=teacher.vocab_size, student_vocab=len(args.token_list))
         kd_loss = build_kd_loss(args.kd_loss, conf, ctx, option="--kd_loss_conf")

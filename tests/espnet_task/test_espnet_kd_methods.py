@@ -52,7 +52,9 @@ def test_lfmmi_then_two_stage_streaming_student(espnet_data, tiny_teachers, tmp_
     s2 = tmp_path / "stage2"
     init = [f"{tmp_path}/stage1_x/model.pth:{m}:{m}" for m in ("frontend", "encoder", "ctc")]
     _train(espnet_data, s2, *CHUNKED, *zoo, "--teacher_path", tmp_path / "stage1.zip", "--teacher_conf", "task=asr_kd",
-           *lfmmi, "--init_param", *init, "--optim_conf", "lr=0.00001")
+           *lfmmi, "--init_param", *init, "--optim_conf", "lr=0.00001",
+           "--kd_den_graph_source", "teacher", "--kd_loss_conf", "topology=2state")  # no transcripts for the den graph
+    assert len(list((s2 / "den_graph").glob("den_2state_bigram_*.pt"))) == 1
     cfg = yaml.safe_load((s2 / "config.yaml").read_text())
     assert cfg["encoder_conf"]["chunk_size"] == 4 and "lfmmi" in _stats(s2)
     final = torch.load(s2 / "valid.loss.best.pth", map_location="cpu")
