@@ -98,3 +98,12 @@ def test_reads_teacher_cache_built_from_a_kaldi_wav_scp(fairseq_data, tiny_teach
         return next(line.split(" | ", 1)[1] for line in p.stdout.splitlines() if "valid on 'valid' subset" in line)
 
     assert valid_line(online) == valid_line(cached)  # same losses to the logged precision: same targets
+
+
+def test_espnet_zoo_teacher(fairseq_data, tiny_teachers, tmp_path):
+    """A zip packed by espnet2.bin.pack teaches a fairseq student through the same core teacher interface."""
+    p = hydra_train(f"task.data={fairseq_data['letters']}", "model.teacher_type=espnet",
+                    f"model.teacher_path={tiny_teachers['espnet']}", f"model.teacher_cachedir={tmp_path / 'zoo'}",
+                    "optimization.max_epoch=1", save_dir=tmp_path / "exp", cwd=tmp_path)
+    assert "2 layers x 64, 40 ms frames" in p.stdout and "kd_l1_t1s1" in p.stdout  # ESPnet conformer, conv2d x4
+    assert (tmp_path / "exp" / "checkpoint_last.pt").exists()
