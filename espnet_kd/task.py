@@ -21,7 +21,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.utils.get_default_kwargs import get_default_kwargs
 from espnet2.utils.nested_dict_action import NestedDictAction
-from espnet2.utils.types import str_or_none
+from espnet2.utils.types import str2bool, str_or_none
 
 from kd_core.errors import require
 from kd_core.losses.layerwise import parse_layer_map
@@ -112,6 +112,9 @@ class ASRKDTask(ASRTask):
                            "the teacher's 1-best on the training audio (no transcripts needed)")
         group.add_argument("--kd_den_graph_max_utts", type=int, default=2000,
                            help="--kd_den_graph_source teacher: training utterances decoded")
+        group.add_argument("--kd_init_from_teacher", type=str2bool, default=False,
+                           help="Copy the teacher's waveform CNN (frontend kd_streaming, kind wav_cnn, same conv layers) "
+                           "and CTC head into the student where shapes match (DistillW2V2 stage 1)")
         group.add_argument("--teacher_cache_dir", type=str_or_none, default=None,
                            help="Teacher-target cache (kd_core.cache): read the teacher's layers from here instead of "
                            "running it; shared with fairseq and 'python -m kd_core.cache build'")
@@ -222,5 +225,9 @@ class ASRKDTask(ASRTask):
 
             teacher = cached_teacher_for_loss(kd_loss, teacher, args.teacher_type, args.teacher_path, args.teacher_cache_dir,
                                               args.teacher_cache_mode, args.teacher_cache_dtype, **teacher_conf)
+        if getattr(args, "kd_init_from_teacher", False):
+            from kd_core.students.init import init_from_teacher
+
+            init_from_teacher(teacher, getattr(model.frontend, "net", None), model.ctc.ctc_lo)
         model.attach_teacher(teacher, kd_loss)
         return model

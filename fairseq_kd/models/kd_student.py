@@ -46,7 +46,7 @@ class KDStudentConfig(FairseqDataclass):
     hop_ms: float = field(default=10.0, metadata={"help": "fbank: hop (ms); frames are 4 hops"})
     channels: int = field(default=64, metadata={"help": "fbank: Conv2d channels"})
     conv_feature_layers: str = field(default=WAV_CNN_DEFAULT, metadata={
-        "help": "wav_cnn: [(channels, kernel, stride), ...] as in fairseq's conv_feature_layers (read as a literal)"})
+        "help": "wav_cnn: [(channels, kernel, stride), ...] in fairseq's conv_feature_layers syntax (+ and * allowed)"})
     # encoder (kd_core.students.encoder.ChunkedEncoder)
     d_model: int = field(default=144, metadata={"help": "encoder width"})
     num_layers: int = field(default=6, metadata={"help": "encoder layers"})
@@ -72,6 +72,8 @@ class KDStudentConfig(FairseqDataclass):
     teacher_cachedir: Optional[str] = field(default=None, metadata={"help": "espnet teacher: unpack folder"})
     init_student: Optional[str] = field(default=None, metadata={
         "help": "kd_streaming_student checkpoint whose weights initialise this student (two-stage: stage 1 -> 2)"})
+    init_from_teacher: bool = field(default=False, metadata={
+        "help": "copy the teacher's CNN (wav_cnn with the teacher's conv layers) and CTC head where shapes match"})
     teacher_cache_dir: Optional[str] = field(default=None, metadata={
         "help": "teacher-target cache (kd_core.cache): read the teacher's layers instead of running it"})
     teacher_cache_mode: ChoiceEnum(["fill", "read"]) = field(default="fill", metadata={
@@ -80,12 +82,25 @@ class KDStudentConfig(FairseqDataclass):
         "help": "storage precision of cached targets"})
 
 
+def _literal(node: ast.AST):
+    """Literals, lists/tuples of them, and ``+`` / ``*`` between them: fairseq's conv_feature_layers grammar."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal(e) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+        left, right = _literal(node.left), _literal(node.right)
+        return left + right if isinstance(node.op, ast.Add) else left * right
+    raise ValueError(type(node).__name__)
+
+
 def parse_conv_layers(spec: str):
-    """``"[(128, 10, 5), ...]"`` -> list of int triples, via ``ast.literal_eval`` (no ``eval``)."""
+    """``"[(512, 10, 5)] + [(512, 3, 2)] * 4"`` -> list of int triples, read from the syntax tree (no ``eval``)."""
     try:
-        layers = [tuple(int(v) for v in layer) for layer in ast.literal_eval(spec)]
+        layers = [tuple(int(v) for v in layer) for layer in _literal(ast.parse(spec.strip(), mode="eval").body)]
     except (ValueError, SyntaxError, TypeError):
-        raise KDConfigError(f"model.conv_feature_layers={spec!r}: expected a list like [(128, 10, 5), (128, 3, 2)]") from None
+        raise KDConfigError(f"model.conv_feature_layers={spec!r}: expected a list like [(128, 10, 5)] + [(128, 3, 2)] * 4") from None
     require(layers and all(len(c) == 3 for c in layers), f"model.conv_feature_layers={spec!r}: need (channels, kernel, stride) triples")
     return layers
 
@@ -172,7 +187,13 @@ class KDStreamingStudentModel(BaseFairseqModel):
                                                  str(cfg.teacher_cache_dtype), **conf)]
 
     def init_from_checkpoint(self) -> None:
-        """Copy the student weights of ``model.init_student`` (same architecture; chunking may differ)."""
+        """Initialise from the teacher (``model.init_from_teacher``), then from ``model.init_student``
+        (same architecture; chunking may differ)."""
+        if self.cfg.init_from_teacher:
+            from kd_core.students.init import init_from_teacher
+
+            require(self.teacher is not None, "model.init_from_teacher=true needs model.teacher_path")
+            init_from_teacher(self.teacher, self.student.frontend, self.student.ctc)
         if not self.cfg.init_student:
             return
         weights = read_student_checkpoint(self.cfg.init_student, "model.init_student")["model"]

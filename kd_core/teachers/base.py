@@ -63,6 +63,14 @@ class Teacher(nn.Module):
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         raise NotImplementedError
 
+    def conv_blocks(self) -> List[nn.Module]:
+        """The waveform CNN's blocks in order (each holds one ``Conv1d``), ``[]`` if there is none."""
+        return []
+
+    def prediction_layer(self) -> Optional[nn.Linear]:
+        """The CTC output layer producing ``logits``, or ``None``."""
+        return None
+
     @torch.no_grad()
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         """Compute targets.

@@ -217,6 +217,12 @@ class FairseqTeacher(Teacher):
         self.frame_level_mask = hasattr(self.w2v, "forward_padding_mask")
         self.freeze()
 
+    def conv_blocks(self) -> List[nn.Module]:
+        return list(self.w2v.feature_extractor.conv_layers)
+
+    def prediction_layer(self) -> Optional[nn.Linear]:
+        return self.proj
+
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """``(B,)`` samples -> ``(B,)`` frames (wav2vec2.py ``_get_feat_extract_output_lengths``)."""
         if hasattr(self.w2v, "_get_feat_extract_output_lengths"):

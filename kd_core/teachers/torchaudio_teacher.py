@@ -8,7 +8,7 @@ index with :class:`~kd_core.teachers.fairseq_teacher.FairseqTeacher` on the same
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -54,6 +54,12 @@ class TorchaudioTeacher(Teacher):
         # "group_norm" extractor: GroupNorm over time in the first conv block (components.py ConvLayerBlock)
         self.padding_sensitive = isinstance(model.feature_extractor.conv_layers[0].layer_norm, nn.GroupNorm)
         self.freeze()
+
+    def conv_blocks(self) -> List[nn.Module]:
+        return list(self.model.feature_extractor.conv_layers)
+
+    def prediction_layer(self) -> Optional[nn.Linear]:
+        return self.model.aux if self.use_aux else None
 
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         """``wav (B, S)``, ``lengths (B,)`` -> hidden ``num_layers + 1 x (B, T, D)``, logits ``(B, T, V)``."""

@@ -284,3 +284,26 @@ def test_bad_input(tmp_path, teacher):
         with pytest.raises(KDConfigError, match="too short|shorter than") as e:
             t(torch.randn(1, 200), torch.tensor([200]))
         assert "\n" not in str(e.value)
+
+
+def test_student_cnn_and_ctc_head_initialised_from_teacher(tiny_teachers):
+    """DistillW2V2 stage 1: a wav_cnn student with the teacher's conv layers starts from its CNN and head."""
+    from kd_core.errors import KDConfigError
+    from kd_core.students import streaming_student
+    from kd_core.students.init import init_from_teacher
+
+    teacher = load_teacher("fairseq", str(tiny_teachers["fairseq_w2v2_ctc"]))
+    layers = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2  # the tiny teacher's conv_feature_layers
+    student = streaming_student(frontend="wav_cnn", frontend_conf={"conv_layers": layers}, vocab_size=teacher.vocab_size,
+                                d_model=teacher.hidden_size, num_layers=1, ffn_dim=32)
+    copied = init_from_teacher(teacher, student.frontend, student.ctc)
+    assert copied == [f"{kind}{i}" for i in range(7) for kind in ("conv", "norm")] + ["ctc"]
+    blocks = teacher.conv_blocks()
+    assert all(torch.equal(student.frontend.convs[i].weight, blocks[i][0].weight) for i in range(7))
+    assert torch.equal(student.ctc.weight, teacher.prediction_layer().weight)
+    # HuBERT's first block normalises over time (GroupNorm): its conv is copied, its norm never
+    hubert = load_teacher("fairseq", str(tiny_teachers["fairseq_hubert"]))
+    fresh = streaming_student(frontend="wav_cnn", frontend_conf={"conv_layers": layers}, d_model=16, num_layers=1, ffn_dim=32)
+    assert "norm0" not in init_from_teacher(hubert, fresh.frontend) and "conv0" in init_from_teacher(hubert, fresh.frontend)
+    with pytest.raises(KDConfigError, match="no teacher CNN layer"):
+        init_from_teacher(teacher, streaming_student(frontend="fbank", d_model=16, num_layers=1, ffn_dim=32).frontend)

@@ -157,3 +157,14 @@ def test_bad_input_fails_before_training_with_one_line(fairseq_data, tiny_teache
     last = proc.stderr.strip().splitlines()[-1]
     assert needle in last and last.startswith("fairseq_kd: error:") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not list(save.glob("*.pt"))  # nothing trained, nothing written
+
+
+def test_conv_feature_layers_use_fairseq_syntax_without_eval():
+    from kd_core.errors import KDConfigError
+
+    from fairseq_kd.models.kd_student import parse_conv_layers
+
+    assert parse_conv_layers("[(512, 10, 5)] + [(512, 3, 2)] * 2 + [(512, 2, 2)]") == [(512, 10, 5), (512, 3, 2), (512, 3, 2), (512, 2, 2)]
+    for bad in ("__import__('os').getcwd()", "[(1, 2)]", "[(1, 2, 3)] - [(1, 2, 3)]", "[]"):
+        with pytest.raises(KDConfigError, match="conv_feature_layers"):
+            parse_conv_layers(bad)
