@@ -123,7 +123,7 @@ def read_student_checkpoint(path: str, option: str) -> dict:
     from kd_core.teachers.fairseq_teacher import read_fairseq_checkpoint
 
     require(os.path.isfile(path), f"{option}={path}: file not found; give a kd_streaming_student checkpoint (.pt)")
-    state = read_fairseq_checkpoint(path)
+    state = read_fairseq_checkpoint(path, option)
     name = state["cfg"]["model"].get("_name")
     require(name == MODEL_NAME, f"{option}={path}: a {name} checkpoint, not {MODEL_NAME}")
     return state
@@ -160,12 +160,17 @@ class KDStreamingStudentModel(BaseFairseqModel):
         if not cfg.teacher_path:
             return
         kind = str(cfg.teacher_type)
-        if kind == "fairseq" and _is_student_checkpoint(cfg.teacher_path):
+        if kind == "fairseq":  # read once: a wav2vec2/HuBERT checkpoint, or one of ours (two-stage KD)
+            from kd_core.teachers.fairseq_teacher import load_fairseq_teacher, read_fairseq_checkpoint
             from kd_core.teachers.student_teacher import StudentTeacher
 
-            teacher = StudentTeacher(load_student(cfg.teacher_path, "model.teacher_path"))
+            state = read_fairseq_checkpoint(cfg.teacher_path, "model.teacher_path")
+            if state["cfg"]["model"].get("_name") == MODEL_NAME:
+                teacher = StudentTeacher(student_from_state(state))
+            else:
+                teacher = load_fairseq_teacher(cfg.teacher_path, cfg.teacher_data_dir, state)
         else:
-            kwargs = {"fairseq": {"data_dir": cfg.teacher_data_dir}, "espnet": {"cachedir": cfg.teacher_cachedir}}.get(kind, {})
+            kwargs = {"espnet": {"cachedir": cfg.teacher_cachedir}}.get(kind, {})
             teacher = load_teacher(kind, cfg.teacher_path, **kwargs)
         require(teacher.sample_rate == self.student.sample_rate, f"model.teacher_path={cfg.teacher_path}: the teacher "
                 f"expects {teacher.sample_rate} Hz but task.sample_rate={self.student.sample_rate}; resample the data")
@@ -228,23 +233,13 @@ class KDStreamingStudentModel(BaseFairseqModel):
         return None
 
 
-def _is_student_checkpoint(path: str) -> bool:
-    if not os.path.isfile(path):
-        return False
-    from kd_core.teachers.fairseq_teacher import read_fairseq_checkpoint
-
-    return read_fairseq_checkpoint(path)["cfg"]["model"].get("_name") == MODEL_NAME
-
-
-def load_student(path: str, option: str = "checkpoint") -> StreamingStudent:
-    """The core student stored in a ``kd_streaming_student`` checkpoint, in eval mode (no teacher)."""
-    state = read_student_checkpoint(path, option)
+def student_from_state(state: dict) -> StreamingStudent:
+    """The core student stored in a ``kd_streaming_student`` checkpoint state, in eval mode (no teacher)."""
     cfg = state["cfg"]
     model_cfg = KDStudentConfig(**{k: v for k, v in cfg["model"].items() if k != "_name"})
-    vocab = 0
     weights = {k[len("student."):]: v for k, v in state["model"].items() if k.startswith("student.")}
-    if "ctc.weight" in weights:
-        vocab = weights["ctc.weight"].size(0)
+    vocab = weights["ctc.weight"].size(0) if "ctc.weight" in weights else 0
     student = student_from_cfg(model_cfg, vocab, int(cfg["task"].get("sample_rate", 16000)))
     student.load_state_dict(weights, strict=True)
     return student.eval()
+

@@ -41,14 +41,14 @@ def _allowed_globals() -> list:
             (scalar, "numpy.core.multiarray.scalar"), (reconstruct, "numpy.core.multiarray._reconstruct")]
 
 
-def read_fairseq_checkpoint(path: str) -> dict:
+def read_fairseq_checkpoint(path: str, option: str = "teacher_path") -> dict:
     """``checkpoint_utils.load_checkpoint_to_cpu(path)`` with the globals of official checkpoints allowed.
 
     Returns fairseq's state dict (``cfg`` as a ``DictConfig``, ``model`` weights, ...).
     """
     from fairseq import checkpoint_utils
 
-    require(os.path.isfile(path), f"teacher_path={path}: file not found; pass an existing fairseq checkpoint (.pt)")
+    require(os.path.isfile(path), f"{option}={path}: file not found; pass an existing fairseq checkpoint (.pt)")
     # safe_globals() removes on exit everything it was given, also globals allowed before it was
     # entered (e.g. fairseq_kd's Dictionary): add only the missing ones.
     present = torch.serialization.get_safe_globals()
@@ -65,9 +65,9 @@ def read_fairseq_checkpoint(path: str) -> dict:
                 hint = f"it pickles objects outside the allow-list ({', '.join(unsafe[:5])}); re-save it with plain types"
         except Exception:  # noqa: BLE001 - not a zip checkpoint at all
             pass
-        raise KDConfigError(f"teacher_path={path}: not a readable fairseq checkpoint ({type(e).__name__}); {hint}") from None
+        raise KDConfigError(f"{option}={path}: not a readable fairseq checkpoint ({type(e).__name__}); {hint}") from None
     require(isinstance(state, dict) and state.get("cfg") is not None and "model" in state,
-            f"teacher_path={path}: no 'cfg'/'model' entries; not a fairseq model checkpoint")
+            f"{option}={path}: no 'cfg'/'model' entries; not a fairseq model checkpoint")
     return state
 
 
@@ -144,14 +144,14 @@ def _prepare_cfg(cfg, weights: dict, data_dir: Optional[str], tmp: str) -> None:
             cfg.model.data = cfg.task.data
 
 
-def build_fairseq_model(path: str, data_dir: Optional[str] = None) -> Tuple[nn.Module, object]:
+def build_fairseq_model(path: str, data_dir: Optional[str] = None, state: Optional[dict] = None) -> Tuple[nn.Module, object]:
     """Build the checkpoint's model with fairseq's registries and load its weights (strict).
 
     Returns ``(model, cfg)``; ``model`` is in eval mode.
     """
     from fairseq import tasks
 
-    state = read_fairseq_checkpoint(path)
+    state = read_fairseq_checkpoint(path) if state is None else state
     cfg, weights = state["cfg"], state["model"]
     require(data_dir is None or os.path.isdir(data_dir), f"data_dir={data_dir}: not a directory; pass the folder holding dict.<label>.txt")
     try:
@@ -268,15 +268,16 @@ class FairseqTeacher(Teacher):
         return TeacherOutput(hidden=hidden, lengths=frames.clamp(max=t), logits=logits, frame_shift_ms=self.frame_shift_ms)
 
 
-def load_fairseq_teacher(path: str, data_dir: Optional[str] = None) -> FairseqTeacher:
+def load_fairseq_teacher(path: str, data_dir: Optional[str] = None, state: Optional[dict] = None) -> FairseqTeacher:
     """Load a fairseq ``wav2vec2`` / ``hubert`` / ``wav2vec_ctc`` (or ``hubert_ctc``) checkpoint.
 
     Args:
         path: the ``.pt`` file.
         data_dir: folder with the task's ``dict.<label>.txt`` (overrides ``cfg.task.data`` and
             ``label_dir``); by default the checkpoint's own, or placeholders when absent.
+        state: the checkpoint as :func:`read_fairseq_checkpoint` returned it, if already read.
     """
-    model, cfg = build_fairseq_model(path, data_dir)
+    model, cfg = build_fairseq_model(path, data_dir, state)
     inner = model.w2v_encoder.w2v_model if hasattr(model, "w2v_encoder") else model
     require(hasattr(inner, "feature_extractor") and hasattr(inner, "encoder"),
             f"teacher_path={path}: model {type(model).__name__} is not a wav2vec2/HuBERT model; use teacher_type=espnet or torchaudio")
