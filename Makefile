@@ -5,7 +5,7 @@ export PYTHONWARNINGS ?= ignore::FutureWarning
 
 RECIPE := egs2/kd_synth/asr1
 
-.PHONY: install demo demo-torch test test-fast bench clean
+.PHONY: install demo demo-torch test test-fast bench bench-quick clean
 install:
 	bash tools/install.sh
 
@@ -23,6 +23,14 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Teacher vs distilled streaming students (WER x latency x size x speed): bench/results/summary.md + PNGs.
+# Resumable by stage (re-running skips finished stages/models); ~90 min on 2 CPU cores, bench-quick ~10 min.
+bench: install
+	bash bench/run.sh
+
+bench-quick: install
+	bash bench/run.sh --quick
 
 clean:
 	rm -rf exp outputs .pytest_cache

@@ -1,0 +1,136 @@
+"""Benchmark data: synthetic corpus + FSDD, the merged training list, in-memory splits and batching.
+
+Layout under the work dir ``D``:
+- ``D/data``: synthetic corpus (``tools/make_corpus.py``; grammar text, test voices unseen in training);
+- ``D/fsdd``: FSDD resampled to 16 kHz, official split (takes 0-4 test, 5-49 train);
+- ``D/lists/train``: Kaldi dir of the training set every model uses = synthetic train + FSDD train,
+  minus utterances too short for CTC at the student's 40 ms frame rate;
+- ``D/lists/tokens.txt``: the character token list (``kd_core.data.CharTokenizer``), shared by all models;
+- ``D/lists/fbank_stats.pt``: global log-Mel mean/std of the training audio (the students' front-end).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import torch
+
+from kd_core.atomic import atomic_write, atomic_write_text
+from kd_core.data import CharTokenizer, load_audio, read_kaldi_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench.data")
+
+Utt = Tuple[str, torch.Tensor, str]  # (utt id, waveform (S,), transcript)
+#: the students' fbank front-end: 25 ms window + 6 x 10 ms context of the two stride-2 convs, 40 ms stride
+STUDENT_RF, STUDENT_STRIDE = 400 + 6 * 160, 640
+
+
+def _make_corpus_module():
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    import make_corpus
+
+    return make_corpus
+
+
+def ctc_frames_needed(ids: Sequence[int]) -> int:
+    """Frames a CTC alignment of ``ids`` needs: one per token plus a blank between equal neighbours."""
+    return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+
+
+def prepare_data(out: Path, cfg, fsdd_dir: str) -> Dict:
+    """Synthesise the corpus, prepare FSDD, write the merged training list, tokens and fbank stats."""
+    mc = _make_corpus_module()
+    summary = mc.make_synthetic_corpus(out / "data", seed=cfg.seed, num_train=cfg.num_train, num_valid=cfg.num_valid,
+                                       num_test=cfg.num_test, jobs=2, text_source="grammar")
+    fsdd = mc.prepare_fsdd(fsdd_dir, out / "fsdd", max_per_split=cfg.fsdd_max_per_split, jobs=2)
+    train = read_kaldi_dir(str(out / "data/kaldi/train")) + read_kaldi_dir(str(out / "fsdd/kaldi/train"))
+    tok = CharTokenizer.from_texts([u.text for u in train])
+    kept, dropped, stats_wavs = [], [], []
+    for i, u in enumerate(train):
+        wav = load_audio(u.path)
+        frames = (wav.numel() - STUDENT_RF) // STUDENT_STRIDE + 1
+        (kept if frames >= ctc_frames_needed(tok.encode(u.text)) else dropped).append(u)
+        if i % max(1, len(train) // 200) == 0:
+            stats_wavs.append(wav)
+    lists = out / "lists"
+    kdir = lists / "train"
+    atomic_write_text(kdir / "wav.scp", "".join(f"{u.uid} {u.path}\n" for u in kept))
+    atomic_write_text(kdir / "text", "".join(f"{u.uid} {u.text}\n" for u in kept))
+    atomic_write_text(lists / "tokens.txt", "".join(f"{s}\n" for s in tok.symbols[1:]))
+    mean, std = fbank_stats(stats_wavs, cfg.student["frontend_conf"]["n_mels"])
+    atomic_write(lists / "fbank_stats.pt", lambda tmp: torch.save({"mean": mean, "std": std}, tmp))
+    dur = {name: sum(load_audio(u.path).numel() for u in read_kaldi_dir(str(d))) / 16000 / 3600
+           for name, d in (("synth_train", out / "data/kaldi/train"), ("fsdd_train", out / "fsdd/kaldi/train"))}
+    info = {"synth": {k: v["count"] for k, v in summary["splits"].items()},
+            "fsdd": {k: v["count"] for k, v in fsdd["splits"].items()},
+            "train_utts": len(kept), "train_dropped_too_short": [u.uid for u in dropped],
+            "hours": {k: round(v, 3) for k, v in dur.items()}, "vocab": len(tok)}
+    log.info("training set: %d utterances (%d dropped as too short for CTC at 40 ms), %.2f h synthetic + %.2f h FSDD",
+             len(kept), len(dropped), dur["synth_train"], dur["fsdd_train"])
+    return info
+
+
+def fbank_stats(wavs: Sequence[torch.Tensor], n_mels: int = 80) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin log-Mel mean/std (25 ms / 10 ms windows, as ``FbankConv2d``) of ``wavs``, for ``n_mels`` bins."""
+    from kd_core.students.frontends import FbankConv2d
+
+    fe = FbankConv2d(n_mels=n_mels)
+    feats = torch.cat([fe.log_mel(w[None])[0] for w in wavs])
+    return feats.mean(0), feats.std(0)
+
+
+def student_fbank_stats(out: Path) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The students' global log-Mel mean/std (computed by :func:`prepare_data`)."""
+    st = torch.load(out / "lists/fbank_stats.pt")
+    return st["mean"], st["std"]
+
+
+def tokenizer(out: Path) -> CharTokenizer:
+    return CharTokenizer((out / "lists/tokens.txt").read_text(encoding="utf-8").split())
+
+
+def load_split(data_dir: Path) -> List[Utt]:
+    return [(u.uid, load_audio(u.path), u.text) for u in read_kaldi_dir(str(data_dir))]
+
+
+def split_dirs(out: Path) -> Dict[str, Path]:
+    return {"train": out / "lists/train", "valid": out / "data/kaldi/valid", "test": out / "data/kaldi/test",
+            "fsdd_test": out / "fsdd/kaldi/test"}
+
+
+def length_groups(data: Sequence[Utt], batch_s: float, sample_rate: int = 16000) -> List[List[int]]:
+    """Length-sorted groups of indices holding at most ``batch_s`` seconds of padded audio each."""
+    order = sorted(range(len(data)), key=lambda i: (data[i][1].numel(), data[i][0]))
+    groups, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * data[i][1].numel() > batch_s * sample_rate:
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    return groups + [cur] if cur else groups
+
+
+def duration_batches(data: Sequence[Utt], batch_s: float, seed: int, sorted_first_epoch: bool = False) -> Iterator[List[int]]:
+    """Endless :func:`length_groups` batches in a seeded random order per epoch (the same sequence for
+    every model given the seed); ``sorted_first_epoch``: the first epoch goes from the shortest to the
+    longest utterances (SortaGrad, Amodei et al. 2016: CTC leaves its all-blank start sooner)."""
+    groups = length_groups(data, batch_s)
+    rng = random.Random(seed)
+    if sorted_first_epoch:
+        yield from list(groups)
+    while True:
+        rng.shuffle(groups)
+        yield from groups
+
+
+def collate(batch: Sequence[Utt], tok: CharTokenizer):
+    """-> ``wav (B, S)``, ``lengths (B,)``, CTC ``targets (B, U)``, ``target_lengths (B,)``."""
+    wavs = [w for _, w, _ in batch]
+    ids = [torch.tensor(tok.encode(t), dtype=torch.long) for _, _, t in batch]
+    return (torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), torch.tensor([w.numel() for w in wavs]),
+            torch.nn.utils.rnn.pad_sequence(ids, batch_first=True), torch.tensor([len(i) for i in ids]))

@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""Benchmark: a wav2vec2-style teacher vs distilled streaming students (WER x latency x size x speed).
+
+Stages (each writes ``<out>/stages/<stage>.json`` when done and is skipped when it exists; a killed run
+resumes, mid-training included, from partial checkpoints):
+
+1. ``data``: synthetic corpus (grammar text; test voices unseen in training) + FSDD (real, 16 kHz);
+2. ``teacher``: torchaudio wav2vec2-architecture teacher trained with CTC on a wall-clock budget;
+3. ``teacher_eval``: its WER on synthetic valid/test and FSDD test (a warning if it did not learn);
+4. ``cache``: the teacher's targets (mapped layers + CTC logits, fp16) for the whole training set;
+5. ``students``: every student (layer KD and from scratch at 640/480/320/160 ms and full context; aux+APC,
+   LF-MMI, two-stage at 480 ms), two at a time in worker processes with one thread each, KD targets read
+   from the cache; each is scored (WER) when trained;
+6. ``measure``: one process, one thread: parameters, RTF, streaming latency, training-step cost, LF-MMI vs CTC;
+7. report (always redone from the stage files): ``summary.md``, ``results.json`` and PNG plots.
+
+Usage: ``bench/run.sh [--quick | --smoke] [--out DIR] [--results DIR] [--redo STAGE]`` (``make bench``,
+``make bench-quick``). Defaults: ``--out exp/bench[-quick|-smoke]``; results in ``bench/results`` for the
+full run, ``<out>/results`` otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from bench_config import BenchConfig, get_config  # noqa: E402
+from kd_core.atomic import atomic_write_text  # noqa: E402
+
+log = logging.getLogger("bench")
+STAGES = ("data", "teacher", "teacher_eval", "cache", "students", "measure")
+#: what each stage leaves in the work dir (removed by ``--redo`` for that stage and every later one)
+STAGE_OUTPUTS = {"data": ["lists"], "teacher": ["models/teacher.pt", "models/teacher.partial.pt"], "teacher_eval": [],
+                 "cache": ["cache"], "students": [], "measure": []}  # students: see redo()
+
+
+def say(msg: str) -> None:
+    """Driver progress on stdout (the run's own output; libraries log)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class StageRunner:
+    """Runs a stage unless its marker ``<out>/stages/<name>.json`` exists; records wall time and result."""
+
+    def __init__(self, out: Path):
+        self.dir = out / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def marker(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def load(self, name: str):
+        p = self.marker(name)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def run(self, name: str, fn, note: str = ""):
+        done = self.load(name)
+        if done is not None:
+            say(f"stage {name}: done earlier ({done['seconds']:.0f} s), skipped")
+            return done["result"]
+        started = self.dir / f".{name}.started"
+        resumed = started.exists()  # an earlier run started this stage and was interrupted
+        atomic_write_text(started, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        say(f"stage {name}: {'resuming' if resumed else 'running'}")
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        note += " (resumed after an interruption: time of the last run only)" if resumed else ""
+        atomic_write_text(self.marker(name), json.dumps({"seconds": round(seconds, 1), "finished": time.strftime(
+            "%Y-%m-%dT%H:%M:%S"), "note": note.strip(), "result": result}, indent=1) + "\n")
+        started.unlink(missing_ok=True)
+        say(f"stage {name}: done in {seconds:.0f} s")
+        return result
+
+
+def redo(out: Path, cfg: BenchConfig, stage: str) -> None:
+    """Forget ``stage`` and every later stage: markers and their outputs (the corpus audio is kept)."""
+    from bench_train import student_jobs
+
+    outputs = dict(STAGE_OUTPUTS)
+    outputs["students"] = ["scores", "den_graph"] + [f"models/{j['name']}{ext}" for j in student_jobs(cfg)
+                                                     for ext in (".pt", ".partial.pt")]
+    for st in STAGES[STAGES.index(stage):]:
+        (out / "stages" / f"{st}.json").unlink(missing_ok=True)
+        (out / "stages" / f".{st}.started").unlink(missing_ok=True)
+        for rel in outputs[st]:
+            path = out / rel
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    say(f"--redo {stage}: removed the results of {', '.join(STAGES[STAGES.index(stage):])}")
+
+
+def check_config(out: Path, cfg: BenchConfig, accept: bool = False) -> None:
+    """A work dir belongs to one configuration: resuming with another one would mix results (``accept``:
+    ``--redo`` was given, the new configuration replaces the old one)."""
+    path = out / "config.json"
+    now = json.loads(json.dumps(cfg.to_dict()))
+    if path.exists() and not accept:
+        old = json.loads(path.read_text())
+        if {k: v for k, v in old.items() if k != "jobs"} != {k: v for k, v in now.items() if k != "jobs"}:
+            diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+            sys.exit(f"error: {out} holds a run with another configuration ({', '.join(diff)}); use another --out, "
+                     "delete it, or --redo the first stage the change affects")
+    else:
+        atomic_write_text(path, json.dumps(now, indent=1) + "\n")
+
+
+def run_students(out: Path, cfg: BenchConfig):
+    """Train and score every student, ``cfg.jobs`` at a time in spawned worker processes (1 thread each)."""
+    from bench_train import run_student_job, student_jobs
+
+    jobs = student_jobs(cfg)
+    pending, running, done = list(jobs), {}, {}
+    (out / "logs").mkdir(exist_ok=True)
+    (out / "scores").mkdir(exist_ok=True)
+    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=get_context("spawn")) as ex:
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= cfg.jobs:
+                    break
+                if all(d in done for d in job["depends"]):
+                    running[ex.submit(run_student_job, str(out), cfg, job)] = job
+                    pending.remove(job)
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = running.pop(fut)
+                sc = done[job["name"]] = fut.result()
+                say(f"  student {job['name']} ({len(done)}/{len(jobs)}): WER synth {sc['test']['wer']:.1f}, FSDD "
+                    f"{sc['fsdd_test']['wer']:.1f}; {sc['train']['steps']} steps, {sc['train']['sec_per_step']:.2f} s/step")
+    return {j["name"]: done[j["name"]] for j in jobs}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", const="quick", dest="mode", help="<= 10 min: smaller everything")
+    size.add_argument("--smoke", action="store_const", const="smoke", dest="mode", help="1-3 min plumbing run (tests)")
+    p.add_argument("--out", help="work dir (corpus, checkpoints, cache); default exp/bench[-quick|-smoke]")
+    p.add_argument("--results", help="summary.md + plots; default bench/results (full run) or <out>/results")
+    p.add_argument("--fsdd-dir", default=str(ROOT.parent / "shared/data/fsdd"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="student trainings in parallel (1 thread each)")
+    p.add_argument("--redo", choices=STAGES, help="forget this stage and all later ones, then run")
+    a = p.parse_args(argv)
+    mode = a.mode or "full"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("kd_core.students.model").setLevel(logging.WARNING)  # one line per student built
+    cfg = get_config(mode, seed=a.seed, jobs=a.jobs)
+    out = Path(a.out or f"exp/bench{'' if mode == 'full' else '-' + mode}").resolve()
+    results = Path(a.results).resolve() if a.results else (BENCH / "results" if mode == "full" else out / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    for d in ("models", "logs"):
+        (out / d).mkdir(exist_ok=True)
+    check_config(out, cfg, accept=bool(a.redo))
+    if a.redo:
+        redo(out, cfg, a.redo)
+    command = os.environ.get("BENCH_COMMAND") or "python bench/run_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    say(f"{mode} run: work dir {out}, results {results}")
+
+    import torch
+
+    from bench_train import build_teacher_cache, evaluate_teacher, train_teacher
+
+    torch.set_num_threads(2)
+    stages = StageRunner(out)
+    data_info = stages.run("data", lambda: __import__("bench_data").prepare_data(out, cfg, a.fsdd_dir))
+    teacher_info = stages.run("teacher", lambda: train_teacher(out, cfg),
+                              note=f"wall-clock budget {cfg.teacher_minutes:g} min, 2 threads")
+    teacher_eval = stages.run("teacher_eval", lambda: evaluate_teacher(out))
+    say(f"teacher: {teacher_info['params'] / 1e6:.2f}M params, {teacher_info['steps']} steps; WER valid "
+        f"{teacher_eval['valid']['wer']:.1f}, test {teacher_eval['test']['wer']:.1f}, FSDD {teacher_eval['fsdd_test']['wer']:.1f}")
+    if teacher_eval["valid"]["wer"] > 60 and mode != "smoke":
+        log.warning("the teacher did not learn (valid WER %.1f %% > 60 %%): tune the recipe and rerun with --redo teacher",
+                    teacher_eval["valid"]["wer"])
+    cache_info = stages.run("cache", lambda: build_teacher_cache(out, cfg), note="2 threads")
+    scores = stages.run("students", lambda: run_students(out, cfg), note=f"{cfg.jobs} processes x 1 thread")
+    from bench_measure import measure
+
+    measured = stages.run("measure", lambda: measure(out, cfg), note="1 thread")
+
+    from bench_report import STAGE_ORDER, write_report
+
+    stage_info = {st: {k: v for k, v in (stages.load(st) or {}).items() if k != "result"} for st in STAGE_ORDER}
+    total = sum(s.get("seconds", 0.0) for s in stage_info.values())
+    text = write_report(out, results, cfg, command, stage_info, data_info, teacher_info, teacher_eval, cache_info, scores,
+                        measured, total)
+    keep = text.split("## Training cost")[0].split("## Results", 1)[1]
+    print("\n## Results" + keep, flush=True)
+    say(f"summary: {results / 'summary.md'}; total stage time {total / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""End to end: bench/run.sh --smoke (corpus -> teacher -> cache -> every student -> measurements -> report), resumable."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENTS = ["twostage1_full"] + [f"{kind}_{tag}" for tag in ("640ms", "480ms", "320ms", "160ms", "full")
+                                 for kind in ("layer_kd", "scratch")] + ["aux_apc_480ms", "lfmmi_480ms", "twostage2_480ms"]
+NOT_BUILT = ["hubert_disc", "frontend_kd", "sew_student", "rnnt_kd"]
+STAGES = ["data", "teacher", "teacher_eval", "cache", "students", "measure"]
+
+
+def _run(out: Path) -> str:
+    env = dict(os.environ, PYTHON=sys.executable)
+    res = subprocess.run(["bash", str(ROOT / "bench/run.sh"), "--smoke", "--out", str(out)], check=True, capture_output=True,
+                         text=True, env=env, cwd=str(ROOT), timeout=600)
+    return res.stdout
+
+
+def _table_rows(text: str, heading: str):
+    """Body rows of the first markdown table after ``heading`` (cells stripped)."""
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in lines[start + 2 : end]]
+
+
+@pytest.mark.slow
+def test_bench_smoke_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "bench"
+    stdout = _run(out)
+    summary = (out / "results/summary.md").read_text()
+    assert "## Results" in stdout and "## Targets" in stdout
+    rows = _table_rows(summary, "## Results")
+    assert [r[0] for r in rows] == ["teacher"] + STUDENTS + NOT_BUILT
+    header = next(line for line in summary.split("## Results", 1)[1].splitlines() if line.startswith("|"))
+    cols = [c.strip() for c in header.split("|")[1:-1]]
+    for r in rows:
+        if r[0] in NOT_BUILT:
+            assert "not built yet" in r
+            continue
+        wer, wer_fsdd = float(r[cols.index("WER synth")]), float(r[cols.index("WER FSDD")])
+        assert math.isfinite(wer) and math.isfinite(wer_fsdd) and wer >= 0 and wer_fsdd >= 0
+        assert float(r[cols.index("params (M)")]) > 0
+    lat = {r[0]: r[cols.index("alg. latency (ms)")] for r in rows}
+    assert lat["teacher"] == lat["layer_kd_full"] == "inf" and float(lat["layer_kd_480ms"]) == 525  # 480 + 45 ms front-end
+    targets = _table_rows(summary, "## Targets")
+    assert len(targets) >= 8 and all(t[3] in ("yes", "NO") for t in targets)
+    for needle in ("12x smaller", "8x faster", "<= 9 %", "15 % relative better", "1.2x a plain step", "3x CTC", "RTF <= 0.05"):
+        assert any(needle in t[0] for t in targets), needle
+    for name in ("torch", "torchaudio", "espnet", "fairseq", "CPU cores", "## Wall time per stage", "bench/run.sh --smoke"):
+        assert name in summary
+    for png in ("wer_vs_latency.png", "wer_vs_params.png", "rtf.png"):
+        data = (out / "results" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+    results = json.loads((out / "results/results.json").read_text())
+    assert {t["target"] for t in results["targets"]} == {t[0] for t in targets}
+
+    # a second run skips every stage and retrains nothing
+    models = {p.name: p.stat().st_mtime_ns for p in (out / "models").glob("*.pt")}
+    assert set(models) == {"teacher.pt"} | {f"{s}.pt" for s in STUDENTS}
+    markers = {s: (out / "stages" / f"{s}.json").read_text() for s in STAGES}
+    stdout2 = _run(out)
+    assert all(f"stage {s}: done earlier" in stdout2 for s in STAGES)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "models").glob("*.pt")} == models
+    assert {s: (out / "stages" / f"{s}.json").read_text() for s in STAGES} == markers
+    assert not list(out.rglob("*.partial.pt")) and not list(out.rglob("*.tmp"))
