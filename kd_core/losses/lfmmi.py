@@ -169,38 +169,49 @@ def _scatter_forward(y: torch.Tensor, lengths: torch.Tensor, graphs: Sequence[Gr
 class _DenseForward(torch.autograd.Function):
     """``log Z`` of a dense-form graph with an explicit forward-backward gradient (no per-frame autograd
     graph): :func:`_scaled_forward` / :func:`_scaled_occupancy`, or the exact :func:`_scatter_forward`
-    when float underflow would lose precision. ``d log Z / d y_t(k) = sum_{s: pdf(s) = k} gamma_t(s)``."""
+    when float underflow would lose precision. ``d log Z / d y_t(k) = sum_{s: pdf(s) = k} gamma_t(s)``.
+    ``eager``: the occupancies are computed in the forward pass and returned as a second, non-differentiable
+    output ``(B, T, P)`` (the backward then only scales them)."""
 
     @staticmethod
-    def forward(ctx, y, lengths, graph, dense, leaky_hmm):
-        # y (B, T, P), lengths (B,) <= T -> log Z (B,)
+    def forward(ctx, y, lengths, graph, dense, leaky_hmm, eager):
+        # y (B, T, P), lengths (B,) <= T -> log Z (B,), pdf occupancies (B, T, P) (empty unless eager)
         w_exp, state_pdf = dense[0].to(y.device, y.dtype), dense[1].to(y.device)
         emit = y[:, :, state_pdf].transpose(0, 1).contiguous()  # (T, B, S)
         start, final = graph.start.to(y.device, y.dtype), graph.final.to(y.device, y.dtype)
         ctx.leak = leaky_hmm / w_exp.size(0) if leaky_hmm > 0 else None
+        ctx.graph, ctx.leaky_hmm, ctx.dense, ctx.e, ctx.gamma = graph, leaky_hmm, (w_exp, state_pdf, final), None, None
         scaled = _scaled_forward(emit, lengths, w_exp, start, final, ctx.leak)
         if scaled is None:
-            log_z, ctx.e = _scatter_forward(y, lengths, [graph], leaky_hmm), None
+            log_z = _scatter_forward(y, lengths, [graph], leaky_hmm)
         else:
             log_z, ctx.e, ctx.p = scaled
-        ctx.graph, ctx.leaky_hmm, ctx.dense = graph, leaky_hmm, (w_exp, state_pdf, final)
+        if eager:
+            ctx.gamma = _DenseForward.pdf_occupancy(ctx, y, lengths)
         ctx.save_for_backward(y, lengths)
-        return log_z
+        gamma = ctx.gamma if eager else y.new_zeros(0)
+        ctx.mark_non_differentiable(gamma)
+        return log_z, gamma
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_z):
-        y, lengths = ctx.saved_tensors
+    def pdf_occupancy(ctx, y, lengths):
+        """``gamma (B, T, P)`` from the scaled forward-backward, or by autograd through the exact recursion."""
         w_exp, state_pdf, final = ctx.dense
         gamma = None if ctx.e is None else _scaled_occupancy(ctx.e, ctx.p, lengths, w_exp, final, ctx.leak)
+        ctx.e = ctx.p = None
         if gamma is None:
             with torch.enable_grad():
                 yy = y.detach().requires_grad_(True)
-                (grad_y,) = torch.autograd.grad(_scatter_forward(yy, lengths, [ctx.graph], ctx.leaky_hmm), yy, grad_z)
-            return grad_y, None, None, None, None
-        gamma = gamma * grad_z[:, None]  # (T, B, S)
-        grad_y = gamma.new_zeros(y.shape).index_add_(2, state_pdf, gamma.transpose(0, 1))
-        return grad_y, None, None, None, None
+                (grad_y,) = torch.autograd.grad(_scatter_forward(yy, lengths, [ctx.graph], ctx.leaky_hmm).sum(), yy)
+            return grad_y
+        return y.new_zeros(y.shape).index_add_(2, state_pdf, gamma.transpose(0, 1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_z, _grad_gamma):
+        y, lengths = ctx.saved_tensors
+        gamma = ctx.gamma if ctx.gamma is not None else _DenseForward.pdf_occupancy(ctx, y, lengths)
+        return gamma * grad_z[:, None, None], None, None, None, None, None
 
 
 def graph_forward(y: torch.Tensor, lengths: torch.Tensor, graph: Union[Graph, Sequence[Graph]],
@@ -213,21 +224,40 @@ def graph_forward(y: torch.Tensor, lengths: torch.Tensor, graph: Union[Graph, Se
     frame with an explicit forward-backward gradient; all others (numerator graphs) as the exact
     scatter log-sum-exp over arcs, differentiated by autograd. Both compute the same recursion.
     """
+    return _graph_forward(y, lengths, graph, leaky_hmm, eager=False)[0]
+
+
+def graph_forward_occupancy(y: torch.Tensor, lengths: torch.Tensor, graph: Graph,
+                            leaky_hmm: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`graph_forward` plus the occupancies ``gamma (B, T, P)`` (detached; rows sum to 1 on valid
+    frames, 0 elsewhere) from one forward-backward pass, which the gradient of ``log Z`` then reuses: one
+    batch can hold rows that need a gradient and rows that only need occupancies."""
+    log_z, gamma = _graph_forward(y, lengths, graph, leaky_hmm, eager=True)
+    if gamma.numel() == 0 and y.numel():  # not a dense-form graph: occupancies by autograd
+        gamma = occupancies(y, lengths, graph, leaky_hmm)
+    return log_z, gamma
+
+
+def _graph_forward(y, lengths, graph, leaky_hmm, eager):
     graphs = [graph] if isinstance(graph, Graph) else list(graph)
     b, t_max, _ = y.shape
     if b == 0:
-        return y.new_zeros(0)
+        return y.new_zeros(0), y.new_zeros(0)
     require(len(graphs) in (1, b),
             f"graph_forward: {len(graphs)} graphs for a batch of {b}; pass one or one per utterance")
     require(len(graphs) == 1 or leaky_hmm == 0, "graph_forward: leaky_hmm needs one shared graph")
     top = max(int(g.pdf.max()) for g in graphs)
     require(y.size(-1) > top, f"graph uses pdf {top} but y has {y.size(-1)} outputs")
     lengths = lengths.to(y.device).long().clamp(min=0, max=t_max)
-    y = y[:, : int(lengths.max()) if b else 0]  # frames past every length get a zero gradient
+    t_used = int(lengths.max())
+    y_used = y[:, :t_used]  # frames past every length get a zero gradient
     dense = _dense_form(graphs[0]) if len(graphs) == 1 else None
-    if dense is not None:
-        return _DenseForward.apply(y, lengths, graphs[0], dense, float(leaky_hmm))
-    return _scatter_forward(y, lengths, graphs, leaky_hmm)
+    if dense is None:
+        return _scatter_forward(y_used, lengths, graphs, leaky_hmm), y.new_zeros(0)
+    log_z, gamma = _DenseForward.apply(y_used, lengths, graphs[0], dense, float(leaky_hmm), eager)
+    if eager and t_used < t_max:
+        gamma = torch.cat([gamma, gamma.new_zeros(b, t_max - t_used, gamma.size(-1))], 1)
+    return log_z, gamma
 
 
 def occupancies(y: torch.Tensor, lengths: torch.Tensor, graph: Graph, leaky_hmm: float = 0.0) -> torch.Tensor:
@@ -244,7 +274,9 @@ class LFMMIKDLoss(nn.Module):
     Args:
         den_graph: denominator :class:`Graph` over the shared output units (``0`` = blank).
         numerator: ``"soft"`` -- ``MMI = -sum_t sum_k gammaT_t(k) y_t(k) + log Z_den`` with the teacher's
-            occupancies ``gammaT`` on the same graph (gradient ``gamma_den - gammaT``; no transcripts);
+            occupancies ``gammaT`` on the same graph and frames (its log-probabilities pooled to the student's
+            rate; computed in the same batched forward-backward as ``log Z_den``; gradient ``gamma_den - gammaT``;
+            no transcripts);
             ``"hard"`` -- ``MMI = -log Z_num + log Z_den`` with the numerator graph of the teacher's 1-best
             (:func:`~.lfmmi_graph.teacher_1best_sequences` of the pooled teacher, in ``topology``).
         beta: weight of MMI vs the logit MSE.
@@ -275,23 +307,22 @@ class LFMMIKDLoss(nn.Module):
                 teacher_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         y = student_logits.float().log_softmax(-1)
         with torch.no_grad():
-            ty = teacher_logits.float().log_softmax(-1)
-            t_logp, t_len = match_frame_rate(ty, teacher_lengths, self.ratio, "pool")
-            if self.numerator == "soft":
-                gamma, _ = match_frame_rate(occupancies(ty, teacher_lengths, self.den_graph, self.leaky),
-                                            teacher_lengths, self.ratio, "pool")
+            t_logp, t_len = match_frame_rate(teacher_logits.float().log_softmax(-1), teacher_lengths, self.ratio, "pool")
         n = min(y.size(1), t_logp.size(1))
         lens = torch.minimum(student_lengths, t_len).clamp(max=n)
-        y = y[:, :n]
+        y, t_logp = y[:, :n], t_logp[:, :n]
         mask = lengths_to_mask(lens, n)
-        log_z_den = graph_forward(y, lens, self.den_graph, self.leaky)
-        if self.numerator == "soft":
-            num = (gamma[:, :n] * y * mask[..., None]).sum((1, 2))
+        if self.numerator == "soft":  # student log Z and teacher occupancies: one batched forward-backward
+            b = y.size(0)
+            log_z, gamma = graph_forward_occupancy(torch.cat([y, t_logp]), torch.cat([lens, lens]), self.den_graph,
+                                                   self.leaky)
+            log_z_den, num = log_z[:b], (gamma[b:] * y * mask[..., None]).sum((1, 2))
         else:
+            log_z_den = graph_forward(y, lens, self.den_graph, self.leaky)
             num = graph_forward(y, lens, [num_graph(seq, self.topology)
-                                          for seq in teacher_1best_sequences(t_logp[:, :n], lens, self.topology)])
+                                          for seq in teacher_1best_sequences(t_logp, lens, self.topology)])
         mmi = (log_z_den - num).sum()
-        mse = ((y - t_logp[:, :n]).pow(2).mean(-1) * mask).sum()  # MSE of the (log-normalised) logits
+        mse = ((y - t_logp).pow(2).mean(-1) * mask).sum()  # MSE of the (log-normalised) logits
         total = self.beta * mmi + (1 - self.beta) * mse
         frames = lens.sum().clamp(min=1)
         return total, lens.sum(), {"lfmmi": (mmi / frames).item(), "lfmmi_mse": (mse / frames).item()}

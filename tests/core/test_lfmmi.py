@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from kd_core.errors import KDConfigError
 from kd_core.losses import lfmmi
-from kd_core.losses.lfmmi import DistillW2V2Loss, LFMMIKDLoss, graph_forward, occupancies
+from kd_core.losses.lfmmi import DistillW2V2Loss, LFMMIKDLoss, graph_forward, graph_forward_occupancy, occupancies
 from kd_core.losses.lfmmi_graph import (Graph, bigram_logprobs, cached_den_graph, ctc_bigram_den_graph, ctc_num_graph,
                                         den_graph, num_graph, teacher_1best_sequences, two_state_bigram_den_graph,
                                         two_state_num_graph)
@@ -389,3 +389,38 @@ def test_unknown_or_mismatched_topology():
             call()
     with pytest.raises(KDConfigError, match="denominator graph is 'ctc'"):
         LFMMIKDLoss(den, topology="2state")
+
+
+@pytest.mark.parametrize("leaky", [0.0, 1e-3])
+def test_fused_occupancies_equal_separate_passes(leaky):
+    """graph_forward_occupancy: log Z, its gradient and the occupancies of a mixed batch (rows with and
+    without gradient, different lengths) equal separate graph_forward / occupancies calls."""
+    den = cached_den_graph([[1, 2, 3], [3, 2, 1], [2, 2]], 4)
+    torch.manual_seed(3)
+    y = torch.randn(3, 8, 4, dtype=torch.double).log_softmax(-1).requires_grad_(True)
+    lens = torch.tensor([8, 5, 3])
+    log_z, gamma = graph_forward_occupancy(y, lens, den, leaky)
+    ref = graph_forward(y, lens, den, leaky)
+    assert torch.allclose(log_z, ref) and torch.allclose(gamma, occupancies(y, lens, den, leaky), atol=1e-10)
+    w = torch.tensor([1.0, 0.0, 2.0], dtype=torch.double)
+    (g,) = torch.autograd.grad((log_z * w).sum(), y)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), y)
+    assert torch.allclose(g, g_ref, atol=1e-10) and not gamma.requires_grad
+
+
+def test_soft_kd_pools_the_teacher_before_its_occupancies():
+    """With a 2x finer teacher the soft numerator is the teacher's posterior on the student's frames:
+    gradient = gamma_den(student) - gamma(teacher log-probs pooled to the student's rate)."""
+    den = cached_den_graph([[1, 2, 3], [3, 2]], 4)
+    torch.manual_seed(4)
+    s_logits = torch.randn(2, 6, 4, dtype=torch.double, requires_grad=True)
+    t_logits = torch.randn(2, 12, 4, dtype=torch.double)
+    s_len, t_len = torch.tensor([6, 4]), torch.tensor([12, 9])
+    total, _, _ = LFMMIKDLoss(den, "soft", beta=1.0, teacher_shift_ms=20, student_shift_ms=40)(s_logits, s_len, t_logits, t_len)
+    lens = torch.tensor([6, 4])
+    pooled = t_logits.log_softmax(-1)[:, :12].reshape(2, 6, 2, 4).mean(2)
+    y = s_logits.log_softmax(-1)
+    expected = occupancies(y.float(), lens, den) - occupancies(pooled.float(), lens, den)
+    (g_y,) = torch.autograd.grad(total, s_logits)
+    g_expected = expected.double() - y.exp() * expected.double().sum(-1, keepdim=True)
+    assert torch.allclose(g_y, g_expected, atol=1e-4)
