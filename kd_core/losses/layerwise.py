@@ -14,6 +14,8 @@ frames are pooled when the student is the faster one.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
@@ -70,14 +72,19 @@ def match_frame_rate(teacher: torch.Tensor, t_len: torch.Tensor, ratio: int, mod
     """Bring teacher frames ``(B, T, D)`` to a ``ratio``-times coarser rate.
 
     ``"pool"``: average of ``ratio`` frames -> ``(B, T//ratio, D)``; ``"stack"``: concatenation
-    -> ``(B, T//ratio, ratio*D)``. Only complete groups of valid frames are kept.
+    -> ``(B, T//ratio, ratio*D)``; ``"prob"``: ``teacher`` holds log-probabilities, the result is the log of
+    their mean probability (a CTC spike keeps ``1/ratio`` of its mass, where averaging log-probabilities
+    would bury it under the neighbouring blank frames). Only complete groups of valid frames are kept.
     """
     if ratio == 1:
         return teacher, t_len
     b, t, d = teacher.shape
     t2 = t // ratio
     x = teacher[:, : t2 * ratio].reshape(b, t2, ratio, d)
-    x = x.mean(2) if mode == "pool" else x.reshape(b, t2, ratio * d)
+    if mode == "prob":
+        x = x.logsumexp(2) - math.log(ratio)
+    else:
+        x = x.mean(2) if mode == "pool" else x.reshape(b, t2, ratio * d)
     return x, torch.div(t_len, ratio, rounding_mode="floor")
 
 

@@ -274,14 +274,17 @@ class LFMMIKDLoss(nn.Module):
     Args:
         den_graph: denominator :class:`Graph` over the shared output units (``0`` = blank).
         numerator: ``"soft"`` -- ``MMI = -sum_t sum_k gammaT_t(k) y_t(k) + log Z_den`` with the teacher's
-            occupancies ``gammaT`` on the same graph and frames (its log-probabilities pooled to the student's
+            occupancies ``gammaT`` on the same graph and frames (its probabilities averaged to the student's
             rate; computed in the same batched forward-backward as ``log Z_den``; gradient ``gamma_den - gammaT``;
             no transcripts);
             ``"hard"`` -- ``MMI = -log Z_num + log Z_den`` with the numerator graph of the teacher's 1-best
-            (:func:`~.lfmmi_graph.teacher_1best_sequences` of the pooled teacher, in ``topology``).
+            (:func:`~.lfmmi_graph.teacher_1best_sequences` of the teacher at its own frame rate, in ``topology``;
+            see :meth:`hard_sequences`).
         beta: weight of MMI vs the logit MSE.
         leaky_hmm: leaky-HMM coefficient (0 = off).
-        teacher_shift_ms, student_shift_ms: frame shifts; the teacher is pooled to the student's rate.
+        teacher_shift_ms, student_shift_ms: frame shifts; the teacher's probabilities are averaged to the
+            student's rate (``match_frame_rate(..., "prob")``: averaging log-probabilities would bury a CTC
+            teacher's one-frame spikes under the blank frames next to them).
         topology: ``"ctc"`` or ``"2state"`` (see :mod:`.lfmmi_graph`); ``den_graph`` must be built with
             the same one (``cached_den_graph(..., topology=...)``).
     Forward:
@@ -307,7 +310,8 @@ class LFMMIKDLoss(nn.Module):
                 teacher_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         y = student_logits.float().log_softmax(-1)
         with torch.no_grad():
-            t_logp, t_len = match_frame_rate(teacher_logits.float().log_softmax(-1), teacher_lengths, self.ratio, "pool")
+            t_full = teacher_logits.float().log_softmax(-1)
+            t_logp, t_len = match_frame_rate(t_full, teacher_lengths, self.ratio, "prob")
         n = min(y.size(1), t_logp.size(1))
         lens = torch.minimum(student_lengths, t_len).clamp(max=n)
         y, t_logp = y[:, :n], t_logp[:, :n]
@@ -319,13 +323,28 @@ class LFMMIKDLoss(nn.Module):
             log_z_den, num = log_z[:b], (gamma[b:] * y * mask[..., None]).sum((1, 2))
         else:
             log_z_den = graph_forward(y, lens, self.den_graph, self.leaky)
-            num = graph_forward(y, lens, [num_graph(seq, self.topology)
-                                          for seq in teacher_1best_sequences(t_logp, lens, self.topology)])
+            num = graph_forward(y, lens, [num_graph(seq, self.topology) for seq in self.hard_sequences(
+                t_full, teacher_lengths, t_logp, lens)])
         mmi = (log_z_den - num).sum()
         mse = ((y - t_logp).pow(2).mean(-1) * mask).sum()  # MSE of the (log-normalised) logits
         total = self.beta * mmi + (1 - self.beta) * mse
         frames = lens.sum().clamp(min=1)
         return total, lens.sum(), {"lfmmi": (mmi / frames).item(), "lfmmi_mse": (mse / frames).item()}
+
+
+    def hard_sequences(self, t_full, t_full_len, t_logp, lens) -> List[List[int]]:
+        """The teacher's 1-best read at its own frame rate; where it does not fit in the student's frames
+        (``len + repeats`` frames for ``ctc``, ``len`` for ``2state``), the 1-best of the averaged teacher."""
+        fine = teacher_1best_sequences(t_full, t_full_len, self.topology)
+        coarse = None
+        out = []
+        for i, seq in enumerate(fine):
+            need = len(seq) + (sum(a == b for a, b in zip(seq, seq[1:])) if self.topology == "ctc" else 0)
+            if need > int(lens[i]):
+                coarse = coarse or teacher_1best_sequences(t_logp, lens, self.topology)
+                seq = coarse[i]
+            out.append(seq)
+        return out
 
 
 class DistillW2V2Loss(nn.Module):
@@ -376,9 +395,9 @@ def teacher_den_sequences(teacher, waves: Iterable[torch.Tensor], student_shift_
                           batch_size: int = 8) -> List[List[int]]:
     """Label sequences for a denominator bigram without transcripts: the CTC teacher's 1-best.
 
-    ``waves``: ``(S,)`` waveforms. The teacher's log-probabilities are pooled to the student's frame
-    rate first (as :class:`LFMMIKDLoss` does), then read with :func:`~.lfmmi_graph.teacher_1best_sequences`
-    in ``topology``. Returns one token-id list per waveform.
+    ``waves``: ``(S,)`` waveforms. The teacher's log-probabilities at its own frame rate are read with
+    :func:`~.lfmmi_graph.teacher_1best_sequences` in ``topology`` (``student_shift_ms`` is only checked to
+    be a multiple of the teacher's shift). Returns one token-id list per waveform.
     """
     from ..data import pad_batch
 
@@ -394,7 +413,6 @@ def teacher_den_sequences(teacher, waves: Iterable[torch.Tensor], student_shift_
             t_out = teacher(*pad_batch(batch))
             require(t_out.logits is not None, "den graph from teacher 1-best: the teacher has no CTC head; "
                     "use a CTC fine-tuned teacher or transcripts")
-            logp, lens = match_frame_rate(t_out.logits.float().log_softmax(-1), t_out.lengths, int(round(ratio)), "pool")
-            out += teacher_1best_sequences(logp, lens, topology)
+            out += teacher_1best_sequences(t_out.logits.float().log_softmax(-1), t_out.lengths, topology)
             batch = []
     return out

@@ -410,7 +410,7 @@ def test_fused_occupancies_equal_separate_passes(leaky):
 
 def test_soft_kd_pools_the_teacher_before_its_occupancies():
     """With a 2x finer teacher the soft numerator is the teacher's posterior on the student's frames:
-    gradient = gamma_den(student) - gamma(teacher log-probs pooled to the student's rate)."""
+    gradient = gamma_den(student) - gamma(teacher probabilities averaged to the student's rate)."""
     den = cached_den_graph([[1, 2, 3], [3, 2]], 4)
     torch.manual_seed(4)
     s_logits = torch.randn(2, 6, 4, dtype=torch.double, requires_grad=True)
@@ -418,9 +418,36 @@ def test_soft_kd_pools_the_teacher_before_its_occupancies():
     s_len, t_len = torch.tensor([6, 4]), torch.tensor([12, 9])
     total, _, _ = LFMMIKDLoss(den, "soft", beta=1.0, teacher_shift_ms=20, student_shift_ms=40)(s_logits, s_len, t_logits, t_len)
     lens = torch.tensor([6, 4])
-    pooled = t_logits.log_softmax(-1)[:, :12].reshape(2, 6, 2, 4).mean(2)
+    pooled = t_logits.log_softmax(-1)[:, :12].reshape(2, 6, 2, 4).exp().mean(2).log()
     y = s_logits.log_softmax(-1)
     expected = occupancies(y.float(), lens, den) - occupancies(pooled.float(), lens, den)
     (g_y,) = torch.autograd.grad(total, s_logits)
     g_expected = expected.double() - y.exp() * expected.double().sum(-1, keepdim=True)
     assert torch.allclose(g_y, g_expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("numerator", ["soft", "hard"])
+def test_a_peaky_finer_teacher_teaches_its_tokens_not_blanks(numerator):
+    """A CTC teacher at 20 ms spiking once per token (blank elsewhere) distils a 40 ms student towards its
+    tokens: from an all-blank student, gradient descent raises each token on its frame (soft), and the
+    teacher's token sequence scores better than all blanks (hard). Averaging the teacher's log-probabilities
+    over frame pairs (a spike next to a blank frame) buried the spikes: all blanks was the target."""
+    den = cached_den_graph([[1, 2, 3], [3, 2, 1]], 4)
+    t_logits = torch.full((1, 12, 4), -8.0)
+    t_logits[0, :, 0] = 8.0
+    for t, k in ((1, 1), (5, 2), (9, 3)):  # spikes on single 20 ms frames (p ~ 0.87)
+        t_logits[0, t] = 0.0
+        t_logits[0, t, k] = 3.0
+    loss = LFMMIKDLoss(den, numerator, beta=1.0, teacher_shift_ms=20, student_shift_ms=40)
+    blank = torch.full((1, 6, 4), -8.0)
+    blank[0, :, 0] = 8.0
+    lens, t_len = torch.tensor([6]), torch.tensor([12])
+    if numerator == "soft":
+        x = blank.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss(x, lens, t_logits, t_len)[0], x)
+        assert all(float(g[0, t, k]) < -0.1 for t, k in ((0, 1), (2, 2), (4, 3)))
+    else:
+        tokens = blank.clone()
+        for t, k in ((0, 1), (2, 2), (4, 3)):
+            tokens[0, t, 0], tokens[0, t, k] = -8.0, 8.0
+        assert float(loss(tokens, lens, t_logits, t_len)[0]) < float(loss(blank, lens, t_logits, t_len)[0]) - 1.0
