@@ -277,7 +277,8 @@ def write_report(out: Path, results_dir: Path, cfg: BenchConfig, command: str, s
              f"<= {cfg.student_batch_s:g} s, AdamW lr {cfg.student_lr:g} (warm-up {cfg.student_warmup}, cosine), seed "
              f"{cfg.seed}: identical data order, steps, optimiser and initialisation for KD and from-scratch; every KD "
              f"method also keeps the CTC loss (weight 1). Layer map teacher:student `{cfg.layer_map}`; two-stage stage 2 "
-             f"`{cfg.stage2_layer_map}` from the stage-1 student (online `StudentTeacher`).", "",
+             f"`{cfg.stage2_layer_map}` from the stage-1 student (online `StudentTeacher`), initialised from it: the two-stage "
+             f"row has had 2 x {cfg.student_steps} student steps, every other row {cfg.student_steps}.", "",
              "WER: greedy CTC, jiwer, %. Student WERs come from the masked full forward, which equals chunk-by-chunk "
              "streaming (max |stream - full| logit difference over checked utterances: "
              f"{max((r.get('stream_vs_full_max_abs_diff', 0.0) for r in rows if not r.get('not_built')), default=0):.1e}). "

@@ -170,6 +170,8 @@ class LayerwiseCriterionConfig(KDCriterionConfig):
     heads: ChoiceEnum(["linear", "none"]) = field(default="linear", metadata={"help": "projection heads per pair"})
     rate_mode: ChoiceEnum(["pool", "stack"]) = field(default="pool", metadata={
         "help": "how teacher frames (20 ms) meet the student's (40 ms): average or concatenate"})
+    target_norm: bool = field(default=False, metadata={
+        "help": "layer-normalise each teacher frame before the hidden-layer loss (pre-LN teachers)"})
 
 
 @register_criterion("kd_layerwise", dataclass=LayerwiseCriterionConfig)
@@ -193,6 +195,8 @@ class AuxAPCCriterionConfig(KDCriterionConfig):
     l1_weight: float = field(default=1.0, metadata={"help": "L1 term weight"})
     l2_weight: float = field(default=0.0, metadata={"help": "L2 term weight"})
     cos_weight: float = field(default=1.0, metadata={"help": "-log sigmoid(cosine) term weight"})
+    target_norm: bool = field(default=False, metadata={
+        "help": "layer-normalise each teacher frame before the hidden-layer loss (pre-LN teachers)"})
 
 
 @register_criterion("kd_aux_apc", dataclass=AuxAPCCriterionConfig)
@@ -218,6 +222,8 @@ class LFMMICriterionConfig(KDCriterionConfig):
     heads: ChoiceEnum(["linear", "none"]) = field(default="linear", metadata={"help": "projection heads per pair"})
     topology: ChoiceEnum(["ctc", "2state"]) = field(default="ctc", metadata={
         "help": "ctc, or 2state: each token emitted on exactly one frame, then optional blanks"})
+    target_norm: bool = field(default=False, metadata={
+        "help": "layer-normalise each teacher frame before the hidden-layer loss (pre-LN teachers)"})
     den_graph_source: ChoiceEnum(["transcripts", "teacher"]) = field(default="transcripts", metadata={
         "help": "estimate the denominator bigram from <split>.<task.labels> or from the teacher's 1-best on <split>.tsv"})
     den_graph_split: str = field(default="train", metadata={"help": "split whose transcripts / audio estimate the bigram"})

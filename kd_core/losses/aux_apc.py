@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import require
 from ..streaming import lengths_to_mask
-from .layerwise import LayerMapSpec, masked_layer_loss, match_frame_rate, parse_layer_map
+from .layerwise import LayerMapSpec, masked_layer_loss, match_frame_rate, normalize_target, parse_layer_map
 
 
 class AuxAPCKDLoss(nn.Module):
@@ -39,6 +39,7 @@ class AuxAPCKDLoss(nn.Module):
         share_weights: the auxiliary branch of layer ``l`` is layer ``l`` itself (no extra parameters).
         apc_shift: ``k``, how many student frames ahead APC predicts.
         aux_weight, apc_weight, l1_weight, l2_weight, cos_weight: term weights.
+        target_norm: layer-normalise every teacher frame first (:func:`~.layerwise.normalize_target`).
     Forward:
         ``teacher_hidden``/``student_hidden`` lists of ``(B, T, D)`` indexed by layer + lengths ``(B,)``.
     """
@@ -46,8 +47,10 @@ class AuxAPCKDLoss(nn.Module):
     def __init__(self, encoder: nn.Module, teacher_dim: int, teacher_layers: int, layer_map: LayerMapSpec,
                  teacher_shift_ms: float = 20.0, student_shift_ms: float = 40.0, use_aux: bool = True,
                  use_apc: bool = True, share_weights: bool = False, apc_shift: int = 1, aux_weight: float = 1.0,
-                 apc_weight: float = 1.0, l1_weight: float = 1.0, l2_weight: float = 0.0, cos_weight: float = 1.0):
+                 apc_weight: float = 1.0, l1_weight: float = 1.0, l2_weight: float = 0.0, cos_weight: float = 1.0,
+                 target_norm: bool = False):
         super().__init__()
+        self.target_norm = target_norm
         require(hasattr(encoder, "layers") and hasattr(encoder, "d_model"),
                 "aux_apc: the student encoder must be the core's chunked encoder (ESPnet: --encoder kd_chunked)")
         self.pairs = parse_layer_map(layer_map, teacher_layers, encoder.num_layers)
@@ -88,7 +91,8 @@ class AuxAPCKDLoss(nn.Module):
         full = valid[:, None, :].expand(-1, t_max, -1)
         full = full | ~full.any(-1, keepdim=True)  # rows of padded frames: avoid NaN, zeroed by the block
         for i, (t, s) in enumerate(self.pairs):
-            tgt, t_len = match_frame_rate(teacher_hidden[t], teacher_lengths, self.ratio, "pool")
+            tgt, t_len = match_frame_rate(normalize_target(teacher_hidden[t], self.target_norm), teacher_lengths,
+                                          self.ratio, "pool")
             n = min(t_max, tgt.size(1))
             both = torch.minimum(lens, t_len).clamp(max=n)
             if self.use_aux:

@@ -68,6 +68,13 @@ def parse_layer_map(spec: LayerMapSpec, teacher_layers: int, student_layers: int
     return pairs
 
 
+def normalize_target(hidden: torch.Tensor, target_norm: bool) -> torch.Tensor:
+    """``target_norm``: each teacher frame ``(..., D)`` layer-normalised without affine parameters (as data2vec's
+    targets). A pre-LN teacher's residual stream grows with depth (hundreds per squared dimension), so its raw
+    hidden states make hidden-layer losses dwarf the CTC loss; per-frame, so padding never changes a frame."""
+    return F.layer_norm(hidden.float(), hidden.shape[-1:]).to(hidden.dtype) if target_norm else hidden
+
+
 def match_frame_rate(teacher: torch.Tensor, t_len: torch.Tensor, ratio: int, mode: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """Bring teacher frames ``(B, T, D)`` to a ``ratio``-times coarser rate.
 
@@ -122,6 +129,7 @@ class LayerwiseKDLoss(nn.Module):
         l1_weight, l2_weight, cos_weight: term weights (DistilHuBERT: 1, 0, 1).
         heads: ``"linear"`` (one projection per pair) or ``"none"`` (dims must match).
         rate_mode: ``"pool"`` or ``"stack"`` for a coarser student.
+        target_norm: layer-normalise every teacher frame first (:func:`normalize_target`).
     Forward:
         ``teacher_hidden``/``student_hidden``: lists indexed by layer of ``(B, T, D)``;
         lengths ``(B,)`` each -> ``(loss_sum, denom, stats)``.
@@ -129,8 +137,10 @@ class LayerwiseKDLoss(nn.Module):
 
     def __init__(self, teacher_dim: int, student_dim: int, layer_map: LayerMapSpec, teacher_layers: int, student_layers: int,
                  teacher_shift_ms: float = 20.0, student_shift_ms: float = 40.0, l1_weight: float = 1.0,
-                 l2_weight: float = 0.0, cos_weight: float = 1.0, heads: str = "linear", rate_mode: str = "pool"):
+                 l2_weight: float = 0.0, cos_weight: float = 1.0, heads: str = "linear", rate_mode: str = "pool",
+                 target_norm: bool = False):
         super().__init__()
+        self.target_norm = target_norm
         self.pairs = parse_layer_map(layer_map, teacher_layers, student_layers)
         require(heads in ("linear", "none"), f"heads={heads!r}: use 'linear' or 'none'")
         require(rate_mode in ("pool", "stack"), f"rate_mode={rate_mode!r}: use 'pool' or 'stack'")
@@ -155,7 +165,7 @@ class LayerwiseKDLoss(nn.Module):
                 student_hidden: Sequence[torch.Tensor], student_lengths: torch.Tensor):
         total, denom, stats = None, None, {}
         for k, ((t, s), head) in enumerate(zip(self.pairs, self.heads)):
-            tgt, t_len = teacher_hidden[t], teacher_lengths
+            tgt, t_len = normalize_target(teacher_hidden[t], self.target_norm), teacher_lengths
             pred, s_len = head(student_hidden[s]), student_lengths
             if self.student_coarser:
                 tgt, t_len = match_frame_rate(tgt, t_len, self.ratio, self.rate_mode)

@@ -354,7 +354,7 @@ class DistillW2V2Loss(nn.Module):
     ``L_pred``: :class:`LFMMIKDLoss` on the prediction layer (``beta * MMI + (1 - beta) * MSE``).
     Both are per-frame means; the result is returned as ``(L * frames, frames, stats)``. Needs the
     teacher's and the student's prediction-layer logits over the same units (``needs_logits``).
-    ``topology`` (``"ctc"`` / ``"2state"``) is passed to :class:`LFMMIKDLoss`.
+    ``topology`` (``"ctc"`` / ``"2state"``) is passed to :class:`LFMMIKDLoss`, ``target_norm`` to ``L_hidden``.
     """
 
     needs_logits = True
@@ -363,7 +363,7 @@ class DistillW2V2Loss(nn.Module):
                  layer_map: str = "", teacher_shift_ms: float = 20.0, student_shift_ms: float = 40.0,
                  alpha: float = 0.8, beta: float = 0.8, numerator: str = "soft", leaky_hmm: float = 0.0,
                  l1_weight: float = 0.0, l2_weight: float = 1.0, cos_weight: float = 0.0, heads: str = "linear",
-                 topology: str = "ctc"):
+                 topology: str = "ctc", target_norm: bool = False):
         super().__init__()
         from .layerwise import LayerwiseKDLoss
 
@@ -371,7 +371,8 @@ class DistillW2V2Loss(nn.Module):
         require(alpha == 1.0 or layer_map, "layer_map is required unless alpha=1 (prediction loss only)")
         self.alpha = alpha
         self.hidden = LayerwiseKDLoss(teacher_dim, student_dim, layer_map, teacher_layers, student_layers, teacher_shift_ms,
-                                      student_shift_ms, l1_weight, l2_weight, cos_weight, heads) if alpha < 1 else None
+                                      student_shift_ms, l1_weight, l2_weight, cos_weight, heads,
+                                      target_norm=target_norm) if alpha < 1 else None
         self.pred = LFMMIKDLoss(den_graph, numerator, beta, leaky_hmm, teacher_shift_ms, student_shift_ms, topology)
 
     def forward(self, teacher_hidden, teacher_lengths, student_hidden, student_lengths, teacher_logits=None,

@@ -77,3 +77,16 @@ def test_shared_weights_add_no_layers_and_switches():
         AuxAPCKDLoss(enc, 6, 4, "4:2", use_aux=False, use_apc=False)
     with pytest.raises(KDConfigError, match="start at 1"):
         AuxAPCKDLoss(enc, 6, 4, "4:0")
+
+
+def test_target_norm_normalises_aux_and_apc_targets():
+    enc = _enc()
+    th = _teacher(t=12)
+    hs, _ = enc(torch.randn(2, 6, 8), torch.tensor([6, 4]))
+    args = (torch.tensor([12, 8]), hs, torch.tensor([6, 4]))
+    normed = AuxAPCKDLoss(enc, teacher_dim=6, teacher_layers=4, layer_map="2:1,4:2", target_norm=True).eval()
+    a = normed(th, *args)[0]
+    assert torch.allclose(a, normed([x * 50 - 2 for x in th], *args)[0], atol=1e-4)
+    raw = AuxAPCKDLoss(enc, teacher_dim=6, teacher_layers=4, layer_map="2:1,4:2").eval()
+    raw.load_state_dict(normed.state_dict())
+    assert not torch.allclose(raw(th, *args)[0], raw([x * 50 - 2 for x in th], *args)[0])

@@ -101,3 +101,24 @@ def test_dimension_mismatch_without_heads():
         _loss(heads="none")
     with pytest.raises(KDConfigError, match="ratio must be an integer"):
         _loss(teacher_shift_ms=20, student_shift_ms=30)
+
+
+def test_target_norm_makes_the_loss_blind_to_the_teacher_scale_and_padding():
+    """target_norm: each teacher frame is layer-normalised, so a teacher whose residual stream is 100x larger
+    gives the same loss; still padding-invariant (per frame) and a sum over utterances."""
+    torch.manual_seed(0)
+    t = [torch.randn(2, 12, 8) for _ in range(3)]
+    s = [torch.randn(2, 6, 4) for _ in range(3)]
+    t_len, s_len = torch.tensor([12, 8]), torch.tensor([6, 4])
+    loss = LayerwiseKDLoss(8, 4, "2:2", 2, 2, l1_weight=1.0, l2_weight=1.0, cos_weight=1.0, target_norm=True)
+    plain = LayerwiseKDLoss(8, 4, "2:2", 2, 2, l1_weight=1.0, l2_weight=1.0, cos_weight=1.0)
+    plain.load_state_dict(loss.state_dict())
+    base = loss(t, t_len, s, s_len)[0]
+    assert torch.allclose(base, loss([x * 100 + 3 for x in t], t_len, s, s_len)[0], atol=1e-4)
+    assert not torch.allclose(plain(t, t_len, s, s_len)[0], plain([x * 100 for x in t], t_len, s, s_len)[0])
+    t_pad = [torch.cat([x, torch.randn(2, 4, 8) * 50], 1) for x in t]
+    s_pad = [torch.cat([x, torch.randn(2, 2, 4)], 1) for x in s]
+    assert torch.allclose(base, loss(t_pad, t_len, s_pad, s_len)[0], atol=1e-4)
+    parts = sum(loss([x[i : i + 1, : t_len[i]] for x in t], t_len[i : i + 1], [x[i : i + 1, : s_len[i]] for x in s],
+                     s_len[i : i + 1])[0] for i in range(2))
+    assert torch.allclose(base, parts, atol=1e-4)
