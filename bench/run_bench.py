@@ -119,6 +119,19 @@ def check_config(out: Path, cfg: BenchConfig, accept: bool = False) -> None:
         atomic_write_text(path, json.dumps(now, indent=1) + "\n")
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: a daemon thread ends the worker when the driver is gone (killed by a signal other
+    than Ctrl-C), so an orphan never keeps training and writing into a work dir a later run owns."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_students(out: Path, cfg: BenchConfig):
     """Train and score every student, ``cfg.jobs`` at a time in spawned worker processes (1 thread each)."""
     from bench_train import run_student_job, student_jobs
@@ -127,7 +140,8 @@ def run_students(out: Path, cfg: BenchConfig):
     pending, running, done = list(jobs), {}, {}
     (out / "logs").mkdir(exist_ok=True)
     (out / "scores").mkdir(exist_ok=True)
-    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=get_context("spawn")) as ex:
+    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as ex:
         while pending or running:
             for job in list(pending):
                 if len(running) >= cfg.jobs:
