@@ -18,8 +18,8 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 
-from kd_core.atomic import atomic_write, atomic_write_text
-from kd_core.data import CharTokenizer, load_audio, read_kaldi_dir
+from kd_core.atomic import atomic_torch_save, atomic_write_text
+from kd_core.data import CharTokenizer, load_audio, load_kaldi_audio, read_kaldi_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.data")
@@ -48,11 +48,14 @@ def prepare_data(out: Path, cfg, fsdd_dir: str) -> Dict:
     summary = mc.make_synthetic_corpus(out / "data", seed=cfg.seed, num_train=cfg.num_train, num_valid=cfg.num_valid,
                                        num_test=cfg.num_test, jobs=2, text_source="grammar")
     fsdd = mc.prepare_fsdd(fsdd_dir, out / "fsdd", max_per_split=cfg.fsdd_max_per_split, jobs=2)
-    train = read_kaldi_dir(str(out / "data/kaldi/train")) + read_kaldi_dir(str(out / "fsdd/kaldi/train"))
+    synth_train = read_kaldi_dir(str(out / "data/kaldi/train"))
+    train = synth_train + read_kaldi_dir(str(out / "fsdd/kaldi/train"))
     tok = CharTokenizer.from_texts([u.text for u in train])
     kept, dropped, stats_wavs = [], [], []
+    dur = {"synth_train": 0.0, "fsdd_train": 0.0}
     for i, u in enumerate(train):
         wav = load_audio(u.path)
+        dur["synth_train" if i < len(synth_train) else "fsdd_train"] += wav.numel() / 16000 / 3600
         frames = (wav.numel() - STUDENT_RF) // STUDENT_STRIDE + 1
         (kept if frames >= ctc_frames_needed(tok.encode(u.text)) else dropped).append(u)
         if i % max(1, len(train) // 200) == 0:
@@ -63,9 +66,7 @@ def prepare_data(out: Path, cfg, fsdd_dir: str) -> Dict:
     atomic_write_text(kdir / "text", "".join(f"{u.uid} {u.text}\n" for u in kept))
     atomic_write_text(lists / "tokens.txt", "".join(f"{s}\n" for s in tok.symbols[1:]))
     mean, std = fbank_stats(stats_wavs, cfg.student["frontend_conf"]["n_mels"])
-    atomic_write(lists / "fbank_stats.pt", lambda tmp: torch.save({"mean": mean, "std": std}, tmp))
-    dur = {name: sum(load_audio(u.path).numel() for u in read_kaldi_dir(str(d))) / 16000 / 3600
-           for name, d in (("synth_train", out / "data/kaldi/train"), ("fsdd_train", out / "fsdd/kaldi/train"))}
+    atomic_torch_save({"mean": mean, "std": std}, lists / "fbank_stats.pt")
     info = {"synth": {k: v["count"] for k, v in summary["splits"].items()},
             "fsdd": {k: v["count"] for k, v in fsdd["splits"].items()},
             "train_utts": len(kept), "train_dropped_too_short": [u.uid for u in dropped],
@@ -95,7 +96,7 @@ def tokenizer(out: Path) -> CharTokenizer:
 
 
 def load_split(data_dir: Path) -> List[Utt]:
-    return [(u.uid, load_audio(u.path), u.text) for u in read_kaldi_dir(str(data_dir))]
+    return load_kaldi_audio(str(data_dir))
 
 
 def split_dirs(out: Path) -> Dict[str, Path]:

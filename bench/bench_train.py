@@ -23,17 +23,13 @@ from torch import nn
 
 from bench_config import BenchConfig, chunk_frames
 from bench_data import Utt, collate, duration_batches, length_groups, load_split, split_dirs, student_fbank_stats, tokenizer
-from kd_core.atomic import atomic_write, atomic_write_text
+from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.data import CharTokenizer, greedy_ctc
 from kd_core.distiller import ctc_loss_sum, kd_objective
 from kd_core.teachers.base import normalize_waveform
 
 log = logging.getLogger("bench.train")
 TEACHER_CONF = {"normalize_waveform": True}  # loader options of the teacher (part of the cache identity)
-
-
-def atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def lr_factor(step: int, warmup: int, progress: float) -> float:
@@ -84,7 +80,7 @@ def train_loop(module: nn.Module, step_fn: Callable[[List[int]], tuple], batches
                      " ".join(f"{k} {v:.3g}" for k, v in stats.items()), opt.param_groups[0]["lr"])
         if time.perf_counter() - last_ckpt > ckpt_every_s:
             state["elapsed"] = time.perf_counter() - t0
-            atomic_save({"model": module.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
+            atomic_torch_save({"model": module.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
             last_ckpt = time.perf_counter()
     state["elapsed"] = time.perf_counter() - t0
     return {"steps": state["step"], "seconds": round(state["elapsed"], 1), "curve": state["curve"]}
@@ -191,7 +187,7 @@ def train_teacher(out: Path, cfg: BenchConfig) -> Dict:
     for h in hooks:
         h.remove()
     n = sum(p.numel() for p in model.parameters())
-    atomic_save({"config": cfg.teacher, "vocab": len(tok), "tokens": tok.symbols, "state_dict": model.state_dict(),
+    atomic_torch_save({"config": cfg.teacher, "vocab": len(tok), "tokens": tok.symbols, "state_dict": model.state_dict(),
                  "train": info, "params": n}, out / "models/teacher.pt")
     (out / "models/teacher.partial.pt").unlink(missing_ok=True)
     tail = info["curve"][-50:]
@@ -343,7 +339,7 @@ def train_student(out: Path, cfg: BenchConfig, job: Dict) -> Dict:
     info = train_loop(holder, step, duration_batches(train, cfg.student_batch_s, cfg.seed), cfg.student_lr,
                       cfg.student_warmup, out / f"models/{job['name']}.partial.pt", steps=cfg.student_steps,
                       ckpt_every_s=cfg.ckpt_every_s, desc=job["name"])
-    atomic_save({"state_dict": student.state_dict(), "chunk_ms": job["chunk_ms"], "vocab": len(tok), "job": job,
+    atomic_torch_save({"state_dict": student.state_dict(), "chunk_ms": job["chunk_ms"], "vocab": len(tok), "job": job,
                  "train": info}, out / f"models/{job['name']}.pt")
     (out / f"models/{job['name']}.partial.pt").unlink(missing_ok=True)
     return {"steps": info["steps"], "seconds": info["seconds"], "sec_per_step": info["seconds"] / max(1, info["steps"]),

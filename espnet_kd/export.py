@@ -16,7 +16,7 @@ from typing import Tuple
 import torch
 import yaml
 
-from kd_core.atomic import atomic_write, atomic_write_text
+from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.errors import require
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def export_student(config: str, model_file: str, out_dir: str) -> Tuple[Path, Pa
     state = torch.load(model_file, map_location="cpu", weights_only=False)
     state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "model.pth", lambda tmp: torch.save(state, tmp))
+    atomic_torch_save(state, out / "model.pth")
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False))
     logger.info("exported student to %s (%s)", out, "stock ESPnet classes" if stock else "needs espnet_kd to decode")

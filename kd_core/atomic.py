@@ -30,6 +30,13 @@ def _umask() -> int:
     return mask
 
 
+def atomic_torch_save(obj, path: Union[str, Path]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

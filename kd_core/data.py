@@ -55,6 +55,11 @@ def read_kaldi_dir(data_dir: str) -> List[Utterance]:
     return sorted(out, key=lambda u: u.uid)
 
 
+def load_kaldi_audio(data_dir: str, sample_rate: int = 16000) -> List[Tuple[str, torch.Tensor, str]]:
+    """A Kaldi data dir in memory: ``(uid, waveform (S,), text)`` per utterance, sorted by uid."""
+    return [(u.uid, load_audio(u.path, sample_rate), u.text) for u in read_kaldi_dir(str(data_dir))]
+
+
 def pad_batch(wavs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     """List of ``(S_i,)`` -> ``(B, S_max)`` zero-padded + ``(B,)`` lengths."""
     lengths = torch.tensor([w.numel() for w in wavs])

@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_corpus import make_synthetic_corpus, prepare_fsdd  # noqa: E402
 
-from kd_core.atomic import atomic_write  # noqa: E402
-from kd_core.data import CharTokenizer, greedy_ctc, load_audio, pad_batch, read_kaldi_dir  # noqa: E402
+from kd_core.atomic import atomic_torch_save  # noqa: E402
+from kd_core.data import CharTokenizer, greedy_ctc, load_kaldi_audio, pad_batch  # noqa: E402
 from kd_core.distiller import Distiller, ctc_loss_sum  # noqa: E402
 from kd_core.streaming import algorithmic_latency_ms, ms_to_frames  # noqa: E402
 from kd_core.students import student_tiny  # noqa: E402
@@ -36,13 +36,8 @@ from kd_core.teachers.torchaudio_teacher import TorchaudioTeacher  # noqa: E402
 log = logging.getLogger("demo")
 
 
-def atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_split(data_dir: Path, tok: CharTokenizer | None = None):
-    utts = read_kaldi_dir(str(data_dir))
-    return [(u.uid, load_audio(u.path), u.text) for u in utts]
+def load_split(data_dir: Path):
+    return load_kaldi_audio(str(data_dir))
 
 
 def batches(data, batch_size: int, rng: random.Random):
@@ -154,7 +149,7 @@ def main(argv=None):
             return s / d, {"ctc": (s / d).item()}
         model.train()
         tcurve = train(t_step, list(model.parameters()), train_set, t_steps, bs, 2e-3, a.seed, "teacher")
-        atomic_save({"config": tconf, "state_dict": model.state_dict(), "tokens": tok.symbols, "curve": tcurve}, tpath)
+        atomic_torch_save({"config": tconf, "state_dict": model.state_dict(), "tokens": tok.symbols, "curve": tcurve}, tpath)
     teacher = TorchaudioTeacher(model).freeze()
 
     # 3. students: KD vs scratch, same steps/optimiser/data order
@@ -179,7 +174,7 @@ def main(argv=None):
             dist.train()
             params = [q for q in dist.parameters() if q.requires_grad]
             curve = train(s_step, params, train_set, s_steps, bs, 2e-3, a.seed, name)
-            atomic_save({"state_dict": dist.trainable_state_dict(), "curve": curve}, spath)
+            atomic_torch_save({"state_dict": dist.trainable_state_dict(), "curve": curve}, spath)
         student.eval()
         results[name] = (student, curve)
 

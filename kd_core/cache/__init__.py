@@ -9,9 +9,11 @@ A build killed halfway is reported incomplete and resumes where it stopped.
 - :class:`TeacherTargetCache`: ``lookup(wav, lengths)`` / ``add(wav, lengths, out)``;
 - :class:`CachedTeacher`: a drop-in :class:`~kd_core.teachers.base.Teacher` (``mode="fill"``
   computes what is missing, ``mode="read"`` requires a built cache); :func:`load_cached_teacher`;
-- ``python -m kd_core.cache build|status`` (:func:`main`, :func:`build_cache`).
+- ``python -m kd_core.cache build|status`` (:func:`~.cli.main`; library: :func:`build_cache`).
 """
-from .build import build_cache, find_caches, main, read_wav_list
+from ..data import read_wav_list
+from .build import build_cache, find_caches
+from .cli import main
 from .keys import describe_teacher, parse_layers, teacher_fingerprint, utterance_keys, weights_hash
 from .store import TeacherTargetCache
 from .teacher import CachedTeacher, cached_teacher_for_loss, load_cached_teacher

@@ -1,6 +1,6 @@
-"""``python -m kd_core.cache build|status`` (see :mod:`kd_core.cache.build`)."""
+"""``python -m kd_core.cache build|status`` (see :mod:`kd_core.cache.cli`)."""
 import sys
 
-from .build import main
+from .cli import main
 
 sys.exit(main())

@@ -29,7 +29,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_torch_save
 from ..data import greedy_ctc
 from ..errors import require
 
@@ -237,7 +237,7 @@ def cached_den_graph(sequences: Sequence[Sequence[int]], vocab_size: int, cache_
         return Graph(**torch.load(path))
     graph = den_graph(bigram_logprobs(seqs, vocab_size, smoothing), topology)
     if path is not None:
-        atomic_write(path, lambda tmp: torch.save(graph.state_dict(), tmp))
+        atomic_torch_save(graph.state_dict(), path)
         logger.info("%s denominator graph: %d states, %d arcs -> %s", topology, graph.num_states, graph.src.numel(),
                     path)
     return graph
