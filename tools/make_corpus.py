@@ -182,46 +182,59 @@ def write_outputs(out_dir: Path, split: str, utts: Sequence[Tuple[str, str, Path
         atomic_write_text(fdir / "dict.ltr.txt", "".join(f"{c} {n}\n" for c, n in sorted(counts.items(), key=lambda x: (-x[1], x[0]))))
 
 
+TEXT_SOURCES = ("grammar", "wordnet", "wordnet-closed", "wordnet-pool")
+
+
 def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_valid: int = 20, num_test: int = 20, jobs: int = 2,
-                          noise_snr_db: Optional[float] = None, speed_perturb: bool = False, text_source: str = "grammar",
-                          reverb: int = 0) -> dict:
+                          noise_snr_db=None, speed_perturb: bool = False, text_source: str = "grammar",
+                          reverb: int = 0, vocab_size: int = 3000) -> dict:
     """Synthesise train/valid/test splits under ``out_dir``; returns a summary (counts, voices per split, paths).
 
     Texts, voices, rates and pitches depend only on ``seed`` and the counts; ``noise_snr_db`` (white noise at
-    that SNR, seeded per utterance), ``speed_perturb`` (train only, sox speed 0.9/1.0/1.1) and ``reverb``
-    (sox reverberance %, about half of the utterances) draw from their own RNG, so they never change the texts.
+    that SNR, or a ``(low, high)`` range drawn per utterance; seeded per utterance), ``speed_perturb`` (train
+    only, sox speed 0.9/1.0/1.1) and ``reverb`` (sox reverberance %, about half of the utterances) draw from
+    their own RNG, so they never change the texts.
+
+    ``text_source``: ``grammar`` (a small command grammar), ``wordnet`` (any WordNet example sentence),
+    ``wordnet-closed`` (sentences within the ``vocab_size`` most frequent words; each split draws from its
+    own disjoint sentence list, the same for every seed), ``wordnet-pool`` (every WordNet sentence except the
+    held-out valid/test sentences of ``wordnet-closed``: texts of an unlabelled pool).
     """
     for opt, n in (("num_train", num_train), ("num_valid", num_valid), ("num_test", num_test), ("jobs", jobs)):
         require(isinstance(n, int) and n > 0, f"{opt}={n}: must be a positive integer")
     require(isinstance(seed, int) and seed >= 0, f"seed={seed}: must be a non-negative integer")
-    require(text_source in ("grammar", "wordnet"), f"text_source={text_source!r}: use 'grammar' or 'wordnet'")
+    require(text_source in TEXT_SOURCES, f"text_source={text_source!r}: use one of {', '.join(TEXT_SOURCES)}")
+    snr_range = _snr_range(noise_snr_db)
     require(0 <= reverb <= 100, f"reverb={reverb}: a reverberance percentage in 0..100")
     _check_tools()
     _check_voices(speakers("train") + speakers("test"))
     out_dir = Path(out_dir)
     rng = random.Random(seed)  # texts, voices' rate and pitch
     aug_rng = random.Random(f"aug-{seed}")  # augmentation draws: turning one on never changes the texts
-    pool = None
-    if text_source == "wordnet":
-        from text_sources import WORDNET_NOTICE, wordnet_sentences
+    pools = _text_pools(text_source, vocab_size)
+    if pools:
+        from text_sources import WORDNET_NOTICE
 
-        pool = wordnet_sentences()
         atomic_write_text(out_dir / "TEXT_LICENSE.txt", WORDNET_NOTICE + "\n")
     summary = {"out": str(out_dir.resolve()), "seed": seed, "text_source": text_source, "noise_snr_db": noise_snr_db,
                "speed_perturb": speed_perturb, "reverb": reverb, "splits": {}}
+    if text_source.startswith("wordnet-"):
+        summary["vocab_size"] = vocab_size
     jobs_list = []
     for split, n in (("train", num_train), ("valid", num_valid), ("test", num_test)):
         voices = speakers(split)
         utts = []
         for i in range(n):
             voice = voices[i % len(voices)]
-            text = rng.choice(pool) if pool else grammar_sentence(rng)
+            text = rng.choice(pools[split]) if pools else grammar_sentence(rng)
             wpm, pitch = rng.randint(130, 190), rng.randint(25, 75)
             speed = aug_rng.choice([0.9, 1.0, 1.1]) if speed_perturb and split == "train" else 1.0
             uid = f"{spk_id(voice)}-{split}-{i:05d}"
             path = out_dir / "wav" / split / f"{uid}.wav"
             rev = aug_rng.choice([0, reverb]) if reverb else 0  # about half of the utterances reverberant
-            jobs_list.append((path, text, voice, wpm, pitch, speed, noise_snr_db, seed * 1_000_003 + len(jobs_list), rev))
+            snr = None if snr_range is None else (
+                snr_range[0] if snr_range[0] == snr_range[1] else round(aug_rng.uniform(*snr_range), 1))
+            jobs_list.append((path, text, voice, wpm, pitch, speed, snr, seed * 1_000_003 + len(jobs_list), rev))
             utts.append((uid, spk_id(voice), path, text))
         summary["splits"][split] = {"count": n, "voices": sorted({spk_id(v) for v in voices[: min(n, len(voices))]}), "utts": utts}
     train_spk = {spk_id(v) for v in speakers("train") + speakers("valid")}
@@ -236,6 +249,38 @@ def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_vali
     atomic_write_text(out_dir / "corpus.json", json.dumps(summary, indent=1) + "\n")
     _write_readme(out_dir, "Synthetic speech: espeak-ng + sox, seeded (see corpus.json for all options).", summary)
     return summary
+
+
+def _snr_range(noise_snr_db):
+    """``None`` | a number | ``(low, high)`` | ``"low:high"`` -> ``None`` or ``(low, high)``."""
+    if noise_snr_db is None:
+        return None
+    if isinstance(noise_snr_db, str):
+        parts = noise_snr_db.split(":")
+        require(len(parts) in (1, 2), f"noise_snr_db={noise_snr_db!r}: a number or a range 'low:high' in dB")
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            raise KDConfigError(f"noise_snr_db={noise_snr_db!r}: a number or a range 'low:high' in dB") from None
+        noise_snr_db = vals[0] if len(vals) == 1 else tuple(vals)
+    low, high = (noise_snr_db, noise_snr_db) if isinstance(noise_snr_db, (int, float)) else noise_snr_db
+    require(low <= high, f"noise_snr_db={noise_snr_db}: low must not exceed high")
+    return float(low), float(high)
+
+
+def _text_pools(text_source: str, vocab_size: int) -> Optional[Dict[str, List[str]]]:
+    """Sentence lists per split for the WordNet sources (``None`` for the grammar)."""
+    if text_source == "grammar":
+        return None
+    from text_sources import wordnet_closed_vocab, wordnet_pool, wordnet_sentences
+
+    if text_source == "wordnet":
+        every = wordnet_sentences()
+        return {"train": every, "valid": every, "test": every}
+    closed = wordnet_closed_vocab(vocab_size)
+    if text_source == "wordnet-pool":
+        closed["train"] = wordnet_pool(vocab_size)
+    return closed
 
 
 def _write_readme(out_dir: Path, what: str, summary: dict) -> None:
@@ -306,9 +351,10 @@ def main(argv=None) -> None:
     s.add_argument("--num-valid", type=int, default=20)
     s.add_argument("--num-test", type=int, default=20)
     s.add_argument("--jobs", type=int, default=2)
-    s.add_argument("--noise-snr-db", type=float, default=None)
+    s.add_argument("--noise-snr-db", default=None, help="white noise at this SNR (dB), or 'low:high' drawn per utterance")
     s.add_argument("--speed-perturb", action="store_true")
-    s.add_argument("--text-source", default="grammar", choices=["grammar", "wordnet"])
+    s.add_argument("--text-source", default="grammar", choices=TEXT_SOURCES)
+    s.add_argument("--vocab-size", type=int, default=3000, help="wordnet-closed / wordnet-pool: the closed vocabulary's size")
     s.add_argument("--reverb", type=int, default=0, help="reverberance %% for half of the utterances (0 = off)")
     f = sub.add_parser("fsdd", help="Free Spoken Digit Dataset, resampled to 16 kHz")
     f.add_argument("--fsdd-dir", required=True)
@@ -320,7 +366,7 @@ def main(argv=None) -> None:
     try:
         if a.cmd == "synth":
             summary = make_synthetic_corpus(a.out, a.seed, a.num_train, a.num_valid, a.num_test, a.jobs, a.noise_snr_db,
-                                            a.speed_perturb, a.text_source, a.reverb)
+                                            a.speed_perturb, a.text_source, a.reverb, a.vocab_size)
         else:
             summary = prepare_fsdd(a.fsdd_dir, a.out, a.max_per_split, a.jobs)
     except KDConfigError as e:

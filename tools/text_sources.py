@@ -8,9 +8,11 @@ notice next to any corpus built from it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from typing import List
+from collections import Counter
+from typing import Dict, List
 
 WORDNET_DIR = "/usr/share/wordnet"
 WORDNET_NOTICE = ("Sentences from WordNet 3.0 example glosses. WordNet 3.0 Copyright 2006 by Princeton University. "
@@ -44,3 +46,36 @@ def wordnet_sentences(min_words: int = 3, max_words: int = 12, wordnet_dir: str 
                     if s and min_words <= len(s.split()) <= max_words:
                         out.add(s)
     return sorted(out)
+
+
+#: sentences held out of every training list of a closed-vocabulary corpus (valid, test), whatever its seed
+HELD_OUT = {"test": 400, "valid": 300}
+
+
+def wordnet_closed_vocab(vocab_size: int, wordnet_dir: str = WORDNET_DIR) -> Dict[str, List[str]]:
+    """Sentences whose words are all among the ``vocab_size`` most frequent words of WordNet's examples,
+    split into disjoint ``test`` / ``valid`` / ``train`` lists (sizes :data:`HELD_OUT`, rest train).
+
+    The split orders sentences by a hash of their text, so it does not depend on any seed: corpora made
+    with different seeds (a labelled set, an unlabelled pool) share the same held-out sentences.
+    """
+    from kd_core.errors import require
+
+    require(isinstance(vocab_size, int) and vocab_size >= 100, f"vocab_size={vocab_size}: use an integer >= 100")
+    allsent = wordnet_sentences(wordnet_dir=wordnet_dir)
+    counts = Counter(w for s in allsent for w in s.split())
+    vocab = {w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:vocab_size]}
+    closed = sorted((s for s in allsent if all(w in vocab for w in s.split())),
+                    key=lambda s: hashlib.sha1(s.encode()).hexdigest())
+    n_test, n_valid = HELD_OUT["test"], HELD_OUT["valid"]
+    require(len(closed) > 2 * (n_test + n_valid), f"vocab_size={vocab_size}: only {len(closed)} sentences; use a larger vocabulary")
+    return {"test": sorted(closed[:n_test]), "valid": sorted(closed[n_test:n_test + n_valid]),
+            "train": sorted(closed[n_test + n_valid:])}
+
+
+def wordnet_pool(vocab_size: int, wordnet_dir: str = WORDNET_DIR) -> List[str]:
+    """Every WordNet example sentence except the held-out ``valid``/``test`` sentences of
+    :func:`wordnet_closed_vocab` (``vocab_size``): texts of an unlabelled pre-training pool."""
+    held = wordnet_closed_vocab(vocab_size, wordnet_dir)
+    out = set(held["test"]) | set(held["valid"])
+    return [s for s in wordnet_sentences(wordnet_dir=wordnet_dir) if s not in out]

@@ -114,8 +114,14 @@ def _prepare_cfg(cfg, weights: dict, data_dir: Optional[str], tmp: str) -> None:
     """Make ``cfg`` buildable here: compat renames and data/label directories (in place)."""
     from omegaconf import open_dict
 
+    from .fairseq_compat import buildable_model_name
+
     w2v_args = cfg.model.get("w2v_args")
     fine_tuned = w2v_args is not None or cfg.model.get("w2v_path") is not None
+    name = buildable_model_name(cfg.model.get("_name"))
+    if name != cfg.model.get("_name"):  # fairseq issue #4916: stock hubert_ctc cannot be built
+        with open_dict(cfg):
+            cfg.model._name = name
     if cfg.task.get("_name") == "audio_pretraining" and cfg.task.get("labels") and fine_tuned:
         # Pre-0.10 CTC checkpoints (e.g. wav2vec_small_960h.pt) name task audio_pretraining with
         # labels; here that task has no target_dictionary (fairseq_task.py: returns None) and
@@ -126,19 +132,24 @@ def _prepare_cfg(cfg, weights: dict, data_dir: Optional[str], tmp: str) -> None:
     tasks_cfgs = [(cfg.task, fine_tuned, "")]
     if w2v_args is not None and w2v_args.get("task") is not None:
         tasks_cfgs.append((w2v_args.task, False, "w2v_encoder.w2v_model."))
+    missing = [t for t in tasks_cfgs if not all(os.path.isfile(p) for p in _dict_files(t[0]))]
     if data_dir is not None:
-        for task_cfg, _, _ in tasks_cfgs:
-            with open_dict(task_cfg):
-                task_cfg.data = data_dir
-                for key in ("label_dir", "target_dictionary"):
-                    if task_cfg.get(key) is not None:
-                        task_cfg[key] = data_dir
-    elif not all(os.path.isfile(p) for t, _, _ in tasks_cfgs for p in _dict_files(t)):
-        logger.info("task dictionaries of %s not found here; using placeholders sized from the weights", cfg.task.get("data"))
-        for task_cfg, ft, prefix in tasks_cfgs:
-            _placeholder_dicts(task_cfg, weights, ft, tmp, prefix)
-    else:
+        with open_dict(cfg.task):
+            cfg.task.data = data_dir
+            for key in ("label_dir", "target_dictionary"):
+                if cfg.task.get(key) is not None:
+                    cfg.task[key] = data_dir
+        # a fine-tuned HuBERT's pre-training label sets: only their sizes matter, and only until
+        # remove_pretraining_modules drops the codebook (hubert_asr.py HubertEncoder)
+        missing = [t for t in missing if t[0] is not cfg.task]
+    elif not missing:
         return
+    elif len(missing) < len(tasks_cfgs):
+        missing = tasks_cfgs  # one placeholder folder for all, as the weights size them
+    if missing:
+        logger.info("task dictionaries of %s not found here; using placeholders sized from the weights", missing[0][0].get("data"))
+    for task_cfg, ft, prefix in missing:
+        _placeholder_dicts(task_cfg, weights, ft, tmp, prefix)
     if "data" in cfg.model:  # fine-tuned encoders copy model.data into w2v_args.task.data (wav2vec2_asr.py)
         with open_dict(cfg):
             cfg.model.data = cfg.task.data

@@ -1,0 +1,88 @@
+"""The zoo's build pipeline at toy scale, through the real fairseq-hydra-train: MFCC k-means labels,
+HuBERT pre-training with the zoo's config (fairseq's hubert_pretraining task + hubert criterion), CTC
+fine-tuning with fairseq's HubertCtc (registered buildable as kd_hubert_ctc), packing as fp16 hubert_ctc,
+and loading through the project's fairseq teacher loader with the same outputs as fairseq's own model."""
+import shutil
+
+import pytest
+import torch
+from fairseq_helpers import ROOT, USER_DIR
+
+pytestmark = pytest.mark.slow
+
+TINY_MODEL = ["model.encoder_layers=2", "model.encoder_embed_dim=64", "model.encoder_ffn_embed_dim=128",
+              "model.encoder_attention_heads=4", "model.conv_pos=16", "model.conv_pos_groups=4", "model.final_dim=32",
+              "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'"]
+
+
+def test_zoo_pipeline_pretrain_finetune_pack_load(fairseq_data, tmp_path):
+    import build_zoo
+    import zoo_eval
+    from fairseq import checkpoint_utils
+    from fairseq.models.hubert.hubert_asr import HubertCtc
+
+    from kd_core.data import load_audio, pad_batch
+    from kd_core.teachers import load_teacher
+
+    letters = fairseq_data["letters"]
+    pre, ft = tmp_path / "pretrain", tmp_path / "finetune"
+    pre.mkdir()
+    ft.mkdir()
+    for split in ("train", "valid"):
+        shutil.copy(letters / f"{split}.tsv", pre / f"{split}.tsv")
+    for f in letters.iterdir():
+        shutil.copy(f, ft / f.name)
+    build_zoo.make_kmeans_labels(tmp_path, jobs=1, centroids=tmp_path / "km.npy", k=8, share=1.0)
+    km = (pre / "train.km").read_text().splitlines()
+    assert len(km) == 12 and {int(x) for line in km for x in line.split()} <= set(range(8))
+
+    run = tmp_path / "runs/hubert"
+    build_zoo.fairseq_train("hubert_mini_pretrain", [f"task.data={pre}", f"task.label_dir={pre}", *TINY_MODEL,
+                                                     "optimization.max_update=3"], run, threads=1)
+    log = (run / "train.log").read_text()
+    assert "num_updates: 3 >= max_update: 3" in log and "train_loss_m_0" in log  # the hubert criterion's masked loss
+    base = tmp_path / "hubert_mini.pt"
+    build_zoo.pack(run / "checkpoint_last.pt", base)
+    pretrained = load_teacher("fairseq", str(base))
+    assert pretrained.w2v.final_proj.out_features == 32 and pretrained.w2v.label_embs_concat.shape == (8 + 4, 32)
+    assert all(p.dtype == torch.float16 for p in torch.load(base, weights_only=False)["model"].values() if p.is_floating_point())
+
+    run_ft = tmp_path / "runs/ctc"
+    build_zoo.fairseq_train("hubert_mini_ctc", [f"task.data={ft}", f"task.label_dir={ft}", f"model.w2v_path={base}",
+                                                f"common.user_dir={USER_DIR}", "model.mask_channel_length=4",
+                                                "model.freeze_finetune_updates=1", "optimization.max_update=3",
+                                                "dataset.validate_interval_updates=2"], run_ft, threads=1)
+    shipped = tmp_path / "hubert_mini_ctc.pt"
+    build_zoo.pack(run_ft / "checkpoint_best.pt", shipped, model_name="hubert_ctc", pretrained=base)
+    state = torch.load(shipped, weights_only=False)
+    assert state["cfg"]["model"]["_name"] == "hubert_ctc" and state["cfg"]["model"]["w2v_args"]["model"]["encoder_layers"] == 2
+    # fairseq's own model: stock loader (after importing the user dir, as fairseq does), weights rounded as shipped
+    import fairseq_kd  # noqa: F401
+
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(run_ft / "checkpoint_best.pt")])
+    own = models[0].eval()
+    assert isinstance(own, HubertCtc)
+    base.unlink()  # the shipped fine-tuned model needs neither its w2v_path nor the pre-training labels
+    shutil.rmtree(pre)
+    teacher = load_teacher("fairseq", str(shipped), data_dir=str(ft))
+    assert teacher.vocab_size == len((ft / "dict.ltr.txt").read_text().splitlines()) + 4
+    with torch.no_grad():
+        for p in own.parameters():
+            p.copy_(p.half().float())
+        paths = [line.split("\t")[0] for line in (letters / "test.tsv").read_text().splitlines()[1:]]
+        root = (letters / "test.tsv").read_text().splitlines()[0]
+        wav, lens = pad_batch([load_audio(f"{root}/{p}") for p in paths[:2]])
+        got = teacher(wav[:1, : lens[0]], lens[:1]).logits[0]
+        want = own(source=wav[:1, : lens[0]], padding_mask=None)["encoder_out"][:, 0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+    # batched, length-sorted evaluation: each hypothesis is that utterance's own greedy decoding
+    from kd_core.data import greedy_ctc
+
+    res = zoo_eval.evaluate_ctc_teacher(shipped, ft, {"test": letters / "test.tsv"}, batch=3)
+    symbols = zoo_eval.fairseq_letter_symbols(ft / "dict.ltr.txt")
+    for path, hyp in zip(paths, res["test"]["hyps"]):
+        w = load_audio(f"{root}/{path}")[None]
+        t = teacher(w, torch.tensor([w.size(1)]))
+        assert hyp == zoo_eval.letters_to_words(greedy_ctc(t.logits, t.lengths)[0], symbols)
+    assert len(res["test"]["hyps"]) == 4
