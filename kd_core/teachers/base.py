@@ -13,7 +13,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ..errors import require
+from ..errors import KDConfigError, require
 
 
 @dataclass
@@ -70,6 +70,12 @@ class Teacher(nn.Module):
     def prediction_layer(self) -> Optional[nn.Linear]:
         """The CTC output layer producing ``logits``, or ``None``."""
         return None
+
+    def codebook(self, option: str = "codebook_teacher_path"):
+        """The pre-trained HuBERT codebook (:class:`~kd_core.losses.hubert_disc.HubertCodebook`) the
+        discriminative loss scores against; teachers without one raise a one-line error naming ``option``."""
+        raise KDConfigError(f"{option}: a {type(self).__name__} has no HuBERT codebook; the HuBERT discriminative loss "
+                            f"needs a pre-trained fairseq HuBERT checkpoint (with final_proj and label_embs_concat) there")
 
     @torch.no_grad()
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:

@@ -234,6 +234,19 @@ class FairseqTeacher(Teacher):
     def prediction_layer(self) -> Optional[nn.Linear]:
         return self.proj
 
+    def codebook(self, option: str = "codebook_teacher_path"):
+        """``final_proj`` + ``label_embs_concat`` + ``logit_temp`` of a pre-trained ``HubertModel`` with one
+        label set. Fine-tuned checkpoints (``remove_pretraining_modules`` dropped both) are refused."""
+        from ..losses.hubert_disc import HubertCodebook
+
+        proj, embs = getattr(self.w2v, "final_proj", None), getattr(self.w2v, "label_embs_concat", None)
+        require(self.proj is None and proj is not None and embs is not None,
+                f"{option}: {type(self.model).__name__} has no HuBERT codebook (final_proj + label_embs_concat); a fine-tuned "
+                "checkpoint drops it: pass the pre-trained HuBERT checkpoint it was fine-tuned from as the codebook teacher")
+        require(proj.out_features == embs.size(1), f"{option}: final_proj gives {proj.out_features} dims for codewords of "
+                f"{embs.size(1)}; several label sets with untie_final_proj are not supported")
+        return HubertCodebook(proj.weight, proj.bias, embs, float(self.w2v.logit_temp))
+
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """``(B,)`` samples -> ``(B,)`` frames (wav2vec2.py ``_get_feat_extract_output_lengths``)."""
         if hasattr(self.w2v, "_get_feat_extract_output_lengths"):
