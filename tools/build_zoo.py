@@ -202,7 +202,10 @@ def fairseq_train(config: str, overrides: Sequence[str], save_dir: Path, threads
         if o.startswith("optimization.max_update="):
             total = int(o.split("=", 1)[1])
     save_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["fairseq-hydra-train", "--config-dir", str(CONF), "--config-name", config, f"checkpoint.save_dir={save_dir}", *overrides]
+    # the plugin lets torch unpickle the Dictionary in HuBERT checkpoints' task state (resuming; fine-tuning
+    # from hubert_mini) and registers kd_hubert_ctc
+    cmd = ["fairseq-hydra-train", "--config-dir", str(CONF), "--config-name", config, f"checkpoint.save_dir={save_dir}",
+           f"common.user_dir={ROOT / 'fairseq_kd'}", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log.info("%s", " ".join(cmd))
     bin_dir = Path(sys.executable).parent
@@ -267,9 +270,7 @@ def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
         sys.exit(f"build_zoo: error: {base} not found; build it first: python tools/build_zoo.py hubert_mini")
     run, ft = work / "runs/hubert_mini_ctc", work / "finetune"
     if not _done(work, "hubert_mini_ctc_train"):
-        # the plugin registers kd_hubert_ctc and lets torch unpickle the Dictionary in hubert_mini's task state
-        fairseq_train("hubert_mini_ctc", [f"task.data={ft}", f"task.label_dir={ft}", f"model.w2v_path={base}",
-                                          f"common.user_dir={ROOT / 'fairseq_kd'}"], run, threads)
+        fairseq_train("hubert_mini_ctc", [f"task.data={ft}", f"task.label_dir={ft}", f"model.w2v_path={base}"], run, threads)
         _mark(work, "hubert_mini_ctc_train", {"save_dir": str(run)})
     out = ZOO / "hubert_mini_ctc"
     sha = pack(run / "checkpoint_best.pt", out / "hubert_mini_ctc.pt", model_name="hubert_ctc", pretrained=base)

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-from fairseq_helpers import ROOT, USER_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +40,11 @@ def test_zoo_pipeline_pretrain_finetune_pack_load(fairseq_data, tmp_path):
                                                      "optimization.max_update=3"], run, threads=1)
     log = (run / "train.log").read_text()
     assert "num_updates: 3 >= max_update: 3" in log and "train_loss_m_0" in log  # the hubert criterion's masked loss
+    # the same command with a larger budget resumes (the checkpoint's task state pickles a fairseq Dictionary)
+    build_zoo.fairseq_train("hubert_mini_pretrain", [f"task.data={pre}", f"task.label_dir={pre}", *TINY_MODEL,
+                                                     "optimization.max_update=4"], run, threads=1)
+    log = (run / "train.log").read_text()
+    assert "checkpoint_last.pt (epoch" in log.split("num_updates: 3 >= max_update: 3")[1] and "num_updates: 4 >= max_update: 4" in log
     base = tmp_path / "hubert_mini.pt"
     build_zoo.pack(run / "checkpoint_last.pt", base)
     pretrained = load_teacher("fairseq", str(base))
@@ -49,7 +53,7 @@ def test_zoo_pipeline_pretrain_finetune_pack_load(fairseq_data, tmp_path):
 
     run_ft = tmp_path / "runs/ctc"
     build_zoo.fairseq_train("hubert_mini_ctc", [f"task.data={ft}", f"task.label_dir={ft}", f"model.w2v_path={base}",
-                                                f"common.user_dir={USER_DIR}", "model.mask_channel_length=4",
+                                                "model.mask_channel_length=4",
                                                 "model.freeze_finetune_updates=1", "optimization.max_update=3",
                                                 "dataset.validate_interval_updates=2"], run_ft, threads=1)
     shipped = tmp_path / "hubert_mini_ctc.pt"
