@@ -39,7 +39,7 @@ log "torch 2.9.1 + torchaudio 2.9.1 (large download on first run)"
 "${PIP[@]}" install torch==2.9.1 torchaudio==2.9.1
 log "espnet 202511 + espnet_model_zoo 0.1.7 + tools"
 "${PIP[@]}" install torch==2.9.1 espnet==202511 espnet-model-zoo==0.1.7 sentencepiece jiwer pyyaml \
-  pytest soundfile matplotlib cython tqdm resampy tensorboard
+  pytest soundfile matplotlib cython tqdm resampy tensorboard transformers==5.24.0
 if ! "$VENV/bin/python" -c "import fairseq.libbase" 2>/dev/null; then
   log "fairseq-fixed 0.12.3.1, compiled against the installed torch (no build isolation, no cache)"
   "${PIP[@]}" install hydra-core==1.3.2 omegaconf==2.3.0 bitarray sacrebleu regex cffi scikit-learn

@@ -165,10 +165,11 @@ class KDStreamingStudentModel(BaseFairseqModel):
             from kd_core.teachers.student_teacher import StudentTeacher
 
             state = read_fairseq_checkpoint(cfg.teacher_path, "model.teacher_path")
-            if state["cfg"]["model"].get("_name") == MODEL_NAME:
-                teacher = StudentTeacher(student_from_state(state))
-            else:
-                teacher = load_fairseq_teacher(cfg.teacher_path, cfg.teacher_data_dir, state)
+            with torch.random.fork_rng(devices=[]):  # as load_teacher: building it never moves the student's RNG
+                if state["cfg"]["model"].get("_name") == MODEL_NAME:
+                    teacher = StudentTeacher(student_from_state(state))
+                else:
+                    teacher = load_fairseq_teacher(cfg.teacher_path, cfg.teacher_data_dir, state)
         else:
             kwargs = {"espnet": {"cachedir": cfg.teacher_cachedir}}.get(kind, {})
             teacher = load_teacher(kind, cfg.teacher_path, **kwargs)

@@ -1,10 +1,12 @@
 """Frozen teachers behind one interface; toolkit imports happen inside each loader."""
 from __future__ import annotations
 
+import torch
+
 from ..errors import require
 from .base import Teacher, TeacherOutput
 
-TEACHER_TYPES = ("fairseq", "torchaudio", "espnet")
+TEACHER_TYPES = ("fairseq", "torchaudio", "espnet", "huggingface")
 
 
 def load_teacher(teacher_type: str, teacher_path: str, **kwargs) -> Teacher:
@@ -13,7 +15,8 @@ def load_teacher(teacher_type: str, teacher_path: str, **kwargs) -> Teacher:
     Args:
         teacher_type: ``"fairseq"`` (wav2vec2/HuBERT/wav2vec-CTC ``.pt``), ``"torchaudio"``
             (factory name such as ``"hubert_base"`` or a fairseq ``.pt`` imported with
-            ``import_fairseq_model``) or ``"espnet"`` (packed zip or espnet_model_zoo name).
+            ``import_fairseq_model``), ``"espnet"`` (packed zip or espnet_model_zoo name) or ``"huggingface"``
+            (a ``transformers`` wav2vec2/HuBERT/WavLM folder or a name in the local Hugging Face cache).
         teacher_path: path or name, as above.
         **kwargs: loader options (``data_dir`` for fairseq and torchaudio checkpoints,
             ``cachedir`` for espnet, ``normalize_waveform`` / ``aux_is_ctc`` for torchaudio).
@@ -24,6 +27,13 @@ def load_teacher(teacher_type: str, teacher_path: str, **kwargs) -> Teacher:
             for the caller's check.
     """
     require(teacher_type in TEACHER_TYPES, f"teacher_type={teacher_type!r}: unknown; choose one of {', '.join(TEACHER_TYPES)}")
+    # toolkits initialise a model's weights randomly before loading the checkpoint into it: a forked RNG
+    # keeps the caller's random stream (the student's initialisation, data order) independent of the teacher
+    with torch.random.fork_rng(devices=[]):
+        return _load(teacher_type, teacher_path, **kwargs)
+
+
+def _load(teacher_type: str, teacher_path: str, **kwargs) -> Teacher:
     if teacher_type == "fairseq":
         from .fairseq_teacher import load_fairseq_teacher
 
@@ -32,6 +42,10 @@ def load_teacher(teacher_type: str, teacher_path: str, **kwargs) -> Teacher:
         from .torchaudio_teacher import load_torchaudio_teacher
 
         return load_torchaudio_teacher(teacher_path, **kwargs)
+    if teacher_type == "huggingface":
+        from .hf_teacher import load_hf_teacher
+
+        return load_hf_teacher(teacher_path, **kwargs)
     from .espnet_teacher import load_espnet_teacher
 
     return load_espnet_teacher(teacher_path, **kwargs)
