@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import KDConfigError, require
 from .base import Teacher, TeacherOutput, normalize_waveform
+from .masked_norm import padding_aware_group_norm
 
 logger = logging.getLogger(__name__)
 N_SPECIAL = 4  # fairseq Dictionary: <s> <pad> </s> <unk>
@@ -221,8 +222,9 @@ class FairseqTeacher(Teacher):
         for _, s in self.convs:
             stride *= s
         self.frame_shift_ms = 1000.0 * stride / self.sample_rate
-        # extractor_mode == "default": GroupNorm over time in the first conv block
-        self.padding_sensitive = any(isinstance(m, nn.GroupNorm) for m in self.w2v.feature_extractor.conv_layers[0])
+        # extractor_mode == "default" normalises over time in the first conv block: batched with statistics over
+        # each utterance's valid frames (masked_norm), so no utterance needs to run alone
+        self.padding_sensitive = False
         # HuBERT maps a sample padding mask to frames by reshaping it (hubert.py forward_padding_mask),
         # which can mark one frame more valid than the conv length formula: give it frames directly.
         self.frame_level_mask = hasattr(self.w2v, "forward_padding_mask")
@@ -278,7 +280,8 @@ class FairseqTeacher(Teacher):
         try:
             # HuBERT's extract_features drops layer_results (hubert.py forward: ``x, _ = self.encoder``),
             # so both are read from the encoder's own return value (x, layer_results).
-            self.w2v.extract_features(wav, padding_mask=pad if bool(pad.any()) else None, mask=False)
+            with padding_aware_group_norm(self.conv_blocks(), lengths):
+                self.w2v.extract_features(wav, padding_mask=pad if bool(pad.any()) else None, mask=False)
         finally:
             for h in hooks:
                 h.remove()

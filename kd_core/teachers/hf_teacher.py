@@ -6,9 +6,10 @@ Never a download: ``from_pretrained(..., local_files_only=True)``, and weights o
 the input of the first transformer layer (``hidden_states[0]`` of ``output_hidden_states``), ``hidden[i]``
 the output of layer ``i`` (read with forward hooks, so for pre-LN "stable layer norm" models the last entry
 is the last layer's output before the encoder's final layer norm, as fairseq's ``layer_results``; the CTC
-logits read the normalised output, as ``*ForCTC`` does). Models whose waveform CNN normalises over time
-(``feat_extract_norm="group"``: the Base models) run one utterance at a time; the others run batched with
-an attention mask (padded frames are zeroed before the positional convolution and masked in attention).
+logits read the normalised output, as ``*ForCTC`` does). Batches run with an attention mask (padded frames
+are zeroed before the positional convolution and masked in attention); a waveform CNN that normalises over
+time (``feat_extract_norm="group"``: the Base models) takes its statistics over each utterance's valid
+frames (:mod:`~kd_core.teachers.masked_norm`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch import nn
 from ..errors import KDConfigError, require
 from ..hooks import capture_layers
 from .base import Teacher, TeacherOutput, normalize_waveform
+from .masked_norm import padding_aware_group_norm
 
 #: ``config.json`` ``model_type`` -> (base class, CTC class) names in ``transformers``
 HF_ARCHITECTURES = {"wav2vec2": ("Wav2Vec2Model", "Wav2Vec2ForCTC"), "hubert": ("HubertModel", "HubertForCTC"),
@@ -65,7 +67,7 @@ class HFTeacher(Teacher):
         for s in cfg.conv_stride:
             stride *= s
         self.frame_shift_ms = 1000.0 * stride / self.sample_rate
-        self.padding_sensitive = cfg.feat_extract_norm == "group"
+        self.padding_sensitive = False  # group-norm CNNs: statistics over valid frames (masked_norm)
         self.freeze()
 
     def conv_blocks(self) -> List[nn.Module]:
@@ -86,7 +88,7 @@ class HFTeacher(Teacher):
         mask = None
         if wav.size(0) > 1 or int(lengths[0]) < wav.size(1):
             mask = (torch.arange(wav.size(1), device=wav.device)[None, :] < lengths[:, None]).long()
-        with capture_layers(self.base.encoder.layers) as got:
+        with capture_layers(self.base.encoder.layers) as got, padding_aware_group_norm(self.conv_blocks(), lengths):
             out = self.base(wav, attention_mask=mask)
         hidden = got[: self.num_layers + 1]
         t = hidden[-1].size(1)

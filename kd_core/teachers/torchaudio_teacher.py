@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import require
 from .base import Teacher, TeacherOutput, normalize_waveform
+from .masked_norm import padding_aware_group_norm
 
 FACTORY_PREFIXES = ("wav2vec2_", "hubert_", "wavlm_")
 
@@ -51,8 +52,9 @@ class TorchaudioTeacher(Teacher):
         for _, s in self.convs:
             stride *= s
         self.frame_shift_ms = 1000.0 * stride / self.sample_rate
-        # "group_norm" extractor: GroupNorm over time in the first conv block (components.py ConvLayerBlock)
-        self.padding_sensitive = isinstance(model.feature_extractor.conv_layers[0].layer_norm, nn.GroupNorm)
+        # "group_norm" extractor (GroupNorm over time in components.py ConvLayerBlock): batched with statistics
+        # over each utterance's valid frames (masked_norm)
+        self.padding_sensitive = False
         self.freeze()
 
     def conv_blocks(self) -> List[nn.Module]:
@@ -78,7 +80,8 @@ class TorchaudioTeacher(Teacher):
 
         hook = transformer.layers[0].register_forward_pre_hook(grab_input)
         try:
-            layers, out_len = self.model.extract_features(wav, lengths)
+            with padding_aware_group_norm(self.conv_blocks(), lengths):
+                layers, out_len = self.model.extract_features(wav, lengths)
         finally:
             hook.remove()
         logits = None

@@ -100,7 +100,10 @@ def test_fairseq_parity_with_fairseq_own_loader(name, teacher, tiny_teachers):
         close(w2v.encoder.layers[0](ours.hidden[0].transpose(0, 1))[0].transpose(0, 1), ours.hidden[1], "layers[0](hidden[0])")
         if name == "fairseq_w2v2_ctc":
             close(ours.logits, ref(source=wav, padding_mask=None)["encoder_out"].transpose(0, 1), "logits", rtol=1e-5)
-        if not t.padding_sensitive:  # also batched: fairseq's own padded call, valid frames
+        from kd_core.teachers.masked_norm import has_group_norm
+
+        if not has_group_norm(t.conv_blocks()):  # also batched: fairseq's own padded call (which a group-norm CNN
+            # would leak padding into; test_targets_do_not_depend_on_batch covers those), valid frames
             wav_b = fairseq_normalize(WAV, LENS) if cfg.task.normalize else WAV
             pad = torch.arange(WAV.size(1))[None] >= LENS[:, None]
             res = w2v.extract_features(wav_b, pad, mask=False, layer=None)
@@ -142,10 +145,11 @@ def test_targets_do_not_depend_on_batch(kind, name, teacher):
             close(batched.logits[i, :n], alone.logits[0], f"logits utt {i}", rtol=1e-5)
 
 
-def test_group_norm_cnn_needs_per_utterance_runs(teacher, tiny_teachers):
-    """Raw fairseq HuBERT (group-norm CNN) batched with a padding mask leaks padding; the teacher does not."""
+def test_group_norm_cnn_batched_with_valid_frame_statistics(teacher, tiny_teachers):
+    """Raw fairseq HuBERT (group-norm CNN) batched with a padding mask leaks padding; the teacher runs the same
+    batch in one forward (not utterance by utterance) and gives each utterance its targets alone."""
     t = teacher("fairseq", "fairseq_hubert")
-    assert t.padding_sensitive
+    assert not t.padding_sensitive
     _, w2v, _ = fairseq_reference(tiny_teachers["fairseq_hubert"])
     pad = torch.arange(WAV.size(1))[None] >= LENS[:, None]
     with torch.no_grad():
@@ -307,3 +311,23 @@ def test_student_cnn_and_ctc_head_initialised_from_teacher(tiny_teachers):
     assert "norm0" not in init_from_teacher(hubert, fresh.frontend) and "conv0" in init_from_teacher(hubert, fresh.frontend)
     with pytest.raises(KDConfigError, match="no teacher CNN layer"):
         init_from_teacher(teacher, streaming_student(frontend="fbank", d_model=16, num_layers=1, ffn_dim=32).frontend)
+
+
+def test_masked_group_norm_equals_group_norm_per_utterance():
+    """The padding-aware GroupNorm of a padded batch equals torch's GroupNorm on each utterance alone, for
+    per-channel (wav2vec2 Base) and grouped statistics, and zeroes every frame beyond a length."""
+    from kd_core.teachers.masked_norm import masked_group_norm
+
+    g = torch.Generator().manual_seed(3)
+    x, lens = torch.randn(3, 8, 20, generator=g) * 5 + 2, torch.tensor([20, 7, 13])
+    for groups in (8, 2):
+        norm = torch.nn.GroupNorm(groups, 8)
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5, generator=g)
+            norm.bias.uniform_(-1, 1, generator=g)
+            got = masked_group_norm(x, lens, norm)
+            for i, n in enumerate(lens.tolist()):
+                want = norm(x[i:i + 1, :, :n])[0]
+                torch.testing.assert_close(got[i, :, :n], want, rtol=0, atol=1e-5 * float(want.abs().max()))
+                assert got[i, :, n:].abs().sum() == 0
+            assert (norm(x)[1, :, :7] - got[1, :, :7]).abs().max() > 1e-2  # plain GroupNorm of the batch differs
