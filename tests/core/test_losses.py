@@ -99,7 +99,7 @@ def test_parse_forms_agree():
 def test_dimension_mismatch_without_heads():
     with pytest.raises(KDConfigError, match="heads=none: student dim 8 != teacher target dim 12"):
         _loss(heads="none")
-    with pytest.raises(KDConfigError, match="ratio must be an integer"):
+    with pytest.raises(KDConfigError, match="student=30 ms: the student.s must be an integer multiple or fraction"):
         _loss(teacher_shift_ms=20, student_shift_ms=30)
 
 
