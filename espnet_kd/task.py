@@ -100,7 +100,19 @@ class ASRKDTask(ASRTask):
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):
         super().add_task_arguments(parser)
-        group = parser.add_argument_group(description="Knowledge distillation")
+        cls.add_kd_arguments(parser.add_argument_group(description="Knowledge distillation"))
+
+    @classmethod
+    def kd_options(cls) -> Tuple[str, ...]:
+        """Every option this task adds to ``asr_train``'s (its KD argument group and the ``kd_loss`` choice):
+        what an exported student config must not contain (:mod:`espnet_kd.export`)."""
+        parser = argparse.ArgumentParser(add_help=False)
+        cls.add_kd_arguments(parser)
+        return tuple(a.dest for a in parser._actions) + (kd_loss_choices.name, f"{kd_loss_choices.name}_conf")
+
+    @staticmethod
+    def add_kd_arguments(group) -> None:
+        """The task's own options (``group``: an argparse parser or argument group)."""
         group.add_argument("--teacher_type", type=str_or_none, default=None, choices=list(TEACHER_TYPES) + [None],
                            help="fairseq (.pt), torchaudio (factory name or fairseq .pt) or espnet (packed zip / zoo name)")
         group.add_argument("--teacher_path", type=str_or_none, default=None, help="Teacher checkpoint, zip or name")
