@@ -238,7 +238,7 @@ class ASRKDTask(ASRTask):
             teacher = cached_teacher_for_loss(kd_loss, teacher, args.teacher_type, args.teacher_path, args.teacher_cache_dir,
                                               args.teacher_cache_mode, args.teacher_cache_dtype, **teacher_conf)
         if getattr(args, "kd_init_from_teacher", False):
-            from kd_core.students.init import init_from_teacher
+            from kd_core.students.init_from_teacher import init_from_teacher
 
             init_from_teacher(teacher, getattr(model.frontend, "net", None), model.ctc.ctc_lo)
         model.attach_teacher(teacher, kd_loss)

@@ -290,7 +290,7 @@ def test_student_cnn_and_ctc_head_initialised_from_teacher(tiny_teachers):
     """DistillW2V2 stage 1: a wav_cnn student with the teacher's conv layers starts from its CNN and head."""
     from kd_core.errors import KDConfigError
     from kd_core.students import streaming_student
-    from kd_core.students.init import init_from_teacher
+    from kd_core.students.init_from_teacher import init_from_teacher
 
     teacher = load_teacher("fairseq", str(tiny_teachers["fairseq_w2v2_ctc"]))
     layers = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2  # the tiny teacher's conv_feature_layers
