@@ -310,3 +310,21 @@ def test_student_cnn_and_ctc_head_initialised_from_teacher(tiny_teachers):
     assert "norm0" not in init_from_teacher(hubert, fresh.frontend) and "conv0" in init_from_teacher(hubert, fresh.frontend)
     with pytest.raises(KDConfigError, match="no teacher CNN layer"):
         init_from_teacher(teacher, streaming_student(frontend="fbank", d_model=16, num_layers=1, ffn_dim=32).frontend)
+
+
+def test_student_teacher_targets_do_not_depend_on_batch():
+    """A trained core student as teacher (two-stage KD) runs batched: its targets equal utterance-alone runs."""
+    from kd_core.students import student_tiny
+    from kd_core.teachers.student_teacher import StudentTeacher
+
+    torch.manual_seed(0)
+    t = StudentTeacher(student_tiny(num_layers=3, chunk_size=3, vocab_size=9, dropout=0.1))
+    assert not t.training and not t.student.training  # frozen: dropout off
+    batched = t(WAV, LENS)
+    for i in range(3):
+        alone = t(WAV[i : i + 1, : LENS[i]], LENS[i : i + 1])
+        n = int(alone.lengths[0])
+        assert int(batched.lengths[i]) == n
+        for k, (h_b, h_a) in enumerate(zip(batched.hidden + [batched.logits], alone.hidden + [alone.logits])):
+            # student_tiny: FFN 128 wide; fbank + 2 conv2d + 3 conformer blocks x (2 FFN, attention, conv) + head
+            assert_float_noise_close(h_b[i, :n], h_a[0], width=128, depth=16, what=f"output {k} utt {i}")
