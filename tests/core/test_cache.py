@@ -304,3 +304,20 @@ def test_keys_ignore_padding_and_dtype():
     keys = utterance_keys(w, lens)
     assert keys == utterance_keys(padded, lens) == utterance_keys(w.double(), lens)
     assert keys[1] == utterance_keys(w[1:, :600], lens[1:])[0] and len(set(keys)) == 2
+
+
+def test_cache_built_from_a_fairseq_manifest_serves_kaldi_lists(teachers, tiny_teachers, tmp_path):
+    """The "vice versa" of tests/fairseq (a wav.scp-built cache serves fairseq batches): keys are sample
+    hashes, so a cache built from a fairseq manifest in another folder serves audio read via a Kaldi wav.scp."""
+    teacher = teachers["fairseq_hubert"]
+    kaldi = write_wavs(tmp_path / "kaldi")
+    copy = write_wavs(tmp_path / "fairseq_audio")  # the same samples, other files (as a fairseq data dir would hold)
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text(f"{copy.parent}\n" + "".join(f"{p.name}\t{sf.info(str(p)).frames}\n"
+                                                      for p in sorted(copy.parent.glob("*.wav"))))
+    fp = teacher_fingerprint("fairseq", tiny_teachers["fairseq_hubert"])
+    build_cache(tmp_path / "cache", teacher, fp, [1, 3], read_wav_list(manifest=str(manifest)), dtype="float32",
+                shard_size=4, progress=False)
+    read = CachedTeacher(TeacherTargetCache(tmp_path / "cache", fp, [1, 3], "float32", False), mode="read")
+    wav, lens = pad_batch([load_audio(p) for _, p in read_wav_list(wav_scp=str(kaldi))][::-1])
+    assert_valid_frames(read(wav, lens), teacher(wav, lens), [1, 3], exact=True)  # HuBERT runs per utterance: bitwise
