@@ -14,6 +14,7 @@ from typing import Any, Dict, Tuple
 import torch
 from espnet2.asr.ctc import CTC
 from espnet2.asr.espnet_model import ESPnetASRModel
+from espnet2.layers.global_mvn import GlobalMVN
 from espnet2.tasks import asr as _asr
 from espnet2.tasks.asr import ASRTask
 from espnet2.torch_utils.initialize import initialize
@@ -201,6 +202,10 @@ class ASRKDTask(ASRTask):
         model = cls.build_student(args)
         if not isinstance(model, ESPnetASRKDModel) or getattr(args, "collect_stats", False):
             return model
+        if isinstance(model.encoder, KDChunkedEncoder) and model.encoder.net.chunk_size > 0:
+            require(model.normalize is None or isinstance(model.normalize, GlobalMVN),
+                    f"--normalize {args.normalize}: whole-utterance statistics cannot be applied chunk by chunk by a streaming "
+                    "kd_chunked student; use --normalize global_mvn or none (asr.sh: --feats_normalize global_mvn|none)")
         if model.kd_weight == 0:
             logging.info("model_conf.kd_weight=0: training without a teacher")
             return model
