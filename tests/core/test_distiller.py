@@ -1,6 +1,7 @@
 """Distiller: teacher + student + KD + CTC with a real (tiny fairseq HuBERT) teacher."""
 import pytest
 import torch
+from float_noise import assert_float_noise_close
 
 from kd_core.distiller import Distiller, kd_term
 from kd_core.errors import KDConfigError
@@ -38,7 +39,8 @@ def test_loss_is_batch_independent(teacher):
         return dist.kd(t.hidden, t.lengths, st.hidden, st.lengths)[0]
 
     alone = sum(kd_sum(WAV[i : i + 1, : LENS[i]], LENS[i : i + 1]) for i in range(3))
-    torch.testing.assert_close(kd_sum(WAV, LENS), alone, rtol=1e-5, atol=1e-4)
+    # per-frame terms carry the rounding of the tiny teacher and student (128 wide, 16 + 16 deep), relative to the sum
+    assert_float_noise_close(kd_sum(WAV, LENS), alone, width=128, depth=32, what="KD sum batched vs alone")
 
 
 def test_gradients_and_checkpoint_contents(teacher):
