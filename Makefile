@@ -5,7 +5,7 @@ export PYTHONWARNINGS ?= ignore::FutureWarning
 
 RECIPE := egs2/kd_synth/asr1
 
-.PHONY: install demo demo-torch test test-fast bench bench-quick clean
+.PHONY: install demo test test-fast bench bench-quick clean
 install:
 	bash tools/install.sh
 
@@ -13,10 +13,6 @@ install:
 demo: install
 	cd $(RECIPE) && PATH=$(CURDIR)/.venv/bin:$$PATH ./run.sh --python python
 	@cat $(RECIPE)/exp/RESULTS.md
-
-# The same pipeline in pure torch (torchaudio teacher, no toolkit trainer): exp/demo/report.md
-demo-torch: install
-	$(PY) tools/demo.py --out exp/demo
 
 test: install
 	$(PY) -m pytest -q -ra tests

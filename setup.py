@@ -2,34 +2,16 @@
 import os
 
 from setuptools import find_packages, setup
-from setuptools.command.build_py import build_py
-from setuptools.command.develop import develop
 
-# Start-up hook that maps ``python -m espnet2.bin.asr_kd_{train,inference}`` to espnet_kd.bin (see
-# espnet_kd/_aliases.py); it goes to site-packages itself, for both normal and editable installs.
-PTH = os.path.join("espnet_kd", "espnet_kd_aliases.pth")
-
-
-class BuildPyWithPth(build_py):
-    def run(self):
-        super().run()
-        self.copy_file(PTH, os.path.join(self.build_lib, os.path.basename(PTH)))
-
-    def get_outputs(self, include_bytecode=1):
-        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, os.path.basename(PTH))]
-
-
-class DevelopWithPth(develop):
-    def run(self):
-        super().run()
-        if not self.uninstall:
-            self.copy_file(PTH, os.path.join(self.install_dir, os.path.basename(PTH)))
+# Built through pyproject.toml (PEP 517/660): pep517/kd_backend.py adds the start-up hook
+# espnet_kd/espnet_kd_aliases.pth, which maps ``python -m espnet2.bin.asr_kd_{train,inference}`` to
+# espnet_kd.bin (see espnet_kd/_aliases.py), to every wheel, regular and editable.
 
 setup(
     name="espnet-fairseq-kd",
     version="0.1.0",
     description=__doc__,
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else __doc__,
+    long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else __doc__,
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["kd_core", "kd_core.*", "espnet_kd", "espnet_kd.*", "fairseq_kd", "fairseq_kd.*"]),
@@ -40,5 +22,4 @@ setup(
         "test": ["pytest", "jiwer", "matplotlib"],
     },
     license="Apache-2.0",
-    cmdclass={"build_py": BuildPyWithPth, "develop": DevelopWithPth},
 )

@@ -1,4 +1,4 @@
-"""Presets of the teacher-vs-students benchmark (``bench/run_bench.py``): ``full``, ``quick``, ``smoke``.
+"""Presets of the teacher-vs-students benchmark (``python -m bench.run_bench``): ``full``, ``quick``, ``smoke``.
 
 One dataclass per run size; every stage reads its sizes and budgets from it, so the three modes run
 the same pipeline. The teacher is a torchaudio ``wav2vec2_model`` (waveform CNN, 20 ms frames,
@@ -14,7 +14,6 @@ from typing import Dict, List, Optional, Tuple
 CHUNKS_MS = (640, 480, 320, 160, 0)
 #: chunk of the per-method comparison
 METHOD_CHUNK_MS = 480
-STUDENT_SHIFT_MS = 40.0
 
 #: methods listed in the report but not implemented in kd_core yet (rows say "not built yet")
 NOT_BUILT = (
@@ -96,10 +95,6 @@ class BenchConfig:
 
     def to_dict(self) -> Dict:
         return asdict(self)
-
-
-def chunk_frames(chunk_ms: int) -> int:
-    return int(round(chunk_ms / STUDENT_SHIFT_MS))
 
 
 def get_config(mode: str, seed: int = 0, jobs: int = 2) -> BenchConfig:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
 
@@ -20,21 +19,18 @@ import torch
 
 from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.data import CharTokenizer, load_audio, load_kaldi_audio, read_kaldi_dir
+from kd_core.students.frontends import valid_conv_length
 
-ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.data")
 
 Utt = Tuple[str, torch.Tensor, str]  # (utt id, waveform (S,), transcript)
-#: the students' fbank front-end: 25 ms window + 6 x 10 ms context of the two stride-2 convs, 40 ms stride
-STUDENT_RF, STUDENT_STRIDE = 400 + 6 * 160, 640
 
 
-def _make_corpus_module():
-    if str(ROOT / "tools") not in sys.path:
-        sys.path.insert(0, str(ROOT / "tools"))
-    import make_corpus
+def student_frontend(cfg) -> torch.nn.Module:
+    """The students' front-end as configured (its ``receptive_field``/``stride`` in samples set the frame count)."""
+    from kd_core.students.frontends import FRONTENDS
 
-    return make_corpus
+    return FRONTENDS[cfg.student["frontend"]](**cfg.student["frontend_conf"])
 
 
 def ctc_frames_needed(ids: Sequence[int]) -> int:
@@ -44,7 +40,9 @@ def ctc_frames_needed(ids: Sequence[int]) -> int:
 
 def prepare_data(out: Path, cfg, fsdd_dir: str) -> Dict:
     """Synthesise the corpus, prepare FSDD, write the merged training list, tokens and fbank stats."""
-    mc = _make_corpus_module()
+    from tools import make_corpus as mc
+
+    frontend = student_frontend(cfg)
     summary = mc.make_synthetic_corpus(out / "data", seed=cfg.seed, num_train=cfg.num_train, num_valid=cfg.num_valid,
                                        num_test=cfg.num_test, jobs=2, text_source="grammar")
     fsdd = mc.prepare_fsdd(fsdd_dir, out / "fsdd", max_per_split=cfg.fsdd_max_per_split, jobs=2)
@@ -56,7 +54,7 @@ def prepare_data(out: Path, cfg, fsdd_dir: str) -> Dict:
     for i, u in enumerate(train):
         wav = load_audio(u.path)
         dur["synth_train" if i < len(synth_train) else "fsdd_train"] += wav.numel() / 16000 / 3600
-        frames = (wav.numel() - STUDENT_RF) // STUDENT_STRIDE + 1
+        frames = int(valid_conv_length(torch.tensor(wav.numel()), frontend.receptive_field, frontend.stride))
         (kept if frames >= ctc_frames_needed(tok.encode(u.text)) else dropped).append(u)
         if i % max(1, len(train) // 200) == 0:
             stats_wavs.append(wav)

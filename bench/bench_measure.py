@@ -20,13 +20,13 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from bench_config import BenchConfig
-from bench_data import collate, duration_batches, load_split, split_dirs, tokenizer
-from bench_train import (build_student, cached_teacher, den_graph_fn, kd_conf, load_student, load_teacher,
+from .bench_config import BenchConfig
+from .bench_data import collate, duration_batches, load_split, split_dirs, tokenizer
+from .bench_train import (build_student, cached_teacher, den_graph_fn, kd_conf, load_student, load_teacher,
                          student_jobs)
-from kd_core.distiller import ctc_loss_sum, kd_objective
+from kd_core.distiller import ctc_loss_sum, kd_context, kd_objective
 from kd_core.streaming import algorithmic_latency_ms
-from timing import best_time
+from .timing import best_time
 
 log = logging.getLogger("bench.measure")
 SR = 16000
@@ -38,19 +38,18 @@ def params(module: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def timed_stream(student, wav: torch.Tensor, piece: int):
-    """Feed ``wav (1, S)`` in ``piece``-sample pieces through the student's streaming path (the loop of
-    ``kd_core.students.stream_hidden``, timed per call). Returns ``(logits (1, T, V), [seconds of every call
-    that emitted frames])``."""
-    from kd_core.students.frontends import SampleBuffer
+    """Feed ``wav (1, S)`` in ``piece``-sample pieces through the student's streaming loop
+    (:func:`kd_core.students.stream_steps`), timing each call. Returns ``(logits (1, T, V), [seconds of every
+    call that emitted frames])``."""
+    from kd_core.students import stream_steps
 
-    fe, enc = student.frontend, student.encoder
-    buf, state = SampleBuffer(fe.receptive_field, fe.stride), enc.init_state()
     logits, emit_times = [], []
-    for p in list(wav.split(piece, dim=1)) + [None]:
+    steps = stream_steps(student.frontend, student.encoder, wav.split(piece, dim=1))
+    while True:
         t0 = time.perf_counter()
-        ready = buf.push(p) if p is not None else buf.buf[:, :0]
-        feats = fe(ready, torch.tensor([ready.size(1)]))[0] if ready.size(1) else torch.zeros(1, 0, fe.output_dim)
-        hidden, state = enc.stream_step(feats, state, final=p is None)
+        hidden = next(steps, None)
+        if hidden is None:
+            break
         out = student.ctc(hidden[-1])
         dt = time.perf_counter() - t0
         if out.size(1):
@@ -121,8 +120,8 @@ def speed_and_latency(out: Path, cfg: BenchConfig, names: List[str]) -> Dict:
 def training_cost(out: Path, cfg: BenchConfig) -> Dict:
     """Per-step time of a plain CTC step, a layer-KD step reading the cache and one running the teacher
     online (same batch, same student, same process), and LF-MMI vs CTC loss time."""
-    from kd_core.losses.lfmmi import LFMMIKDLoss, graph_forward
-    from kd_core.losses.registry import KDContext, build_kd_loss
+    from kd_core.losses.lfmmi import LFMMIPredictionLoss, graph_forward
+    from kd_core.losses.registry import build_kd_loss
 
     tok = tokenizer(out)
     train = load_split(split_dirs(out)["train"])
@@ -131,10 +130,7 @@ def training_cost(out: Path, cfg: BenchConfig) -> Dict:
     torch.manual_seed(cfg.seed)
     student = build_student(out, cfg, cfg.method_chunk_ms, len(tok)).train()
     online, cached = load_teacher(out), cached_teacher(out, cfg)
-    ctx = KDContext(teacher_dim=online.hidden_size, teacher_layers=online.num_layers, teacher_shift_ms=online.frame_shift_ms,
-                    student_dim=student.encoder.d_model, student_layers=student.encoder.num_layers,
-                    student_shift_ms=student.frame_shift_ms)
-    kd = build_kd_loss("layerwise", kd_conf("layerwise", cfg.layer_map), ctx)
+    kd = build_kd_loss("layerwise", kd_conf(cfg.layer_map), kd_context(online, student))
     opt = torch.optim.AdamW(list(student.parameters()) + list(kd.parameters()), lr=1e-5)
 
     def step(teacher):
@@ -169,7 +165,7 @@ def training_cost(out: Path, cfg: BenchConfig) -> Dict:
     logits = s_logits.logits.detach().clone().requires_grad_(True)
     lens = s_logits.lengths
     graph = den_graph_fn(out, tok, train)()
-    pred = LFMMIKDLoss(graph, "soft", 0.8, 0.0, online.frame_shift_ms, student.frame_shift_ms)
+    pred = LFMMIPredictionLoss(graph, teacher_shift_ms=online.frame_shift_ms, student_shift_ms=student.frame_shift_ms)
 
     def run_ctc():
         ctc_loss_sum(logits, lens, y, yl)[0].backward()

@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench_config import NOT_BUILT, BenchConfig
+from .bench_config import NOT_BUILT, BenchConfig
 from kd_core.atomic import atomic_write, atomic_write_text
 
 STAGE_ORDER = ("data", "teacher", "teacher_eval", "cache", "students", "measure")

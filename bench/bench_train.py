@@ -1,7 +1,7 @@
 """Training and WER evaluation of the benchmark's teacher and students (resumable mid-training).
 
-- :func:`train_loop`: AdamW + warm-up + cosine decay over steps or over a wall-clock budget, with a
-  partial checkpoint every ``ckpt_every_s`` seconds, so a killed run continues where it stopped;
+- every training runs :func:`kd_core.runner.train_loop` (AdamW + warm-up + cosine decay over steps or a
+  wall-clock budget, a partial checkpoint every ``cfg.ckpt_every_s`` seconds: a killed run continues where it stopped);
 - :func:`train_teacher`: the torchaudio wav2vec2-architecture teacher, CTC, time masking, saved as
   ``models/teacher.pt`` and loaded back as a :class:`~kd_core.teachers.torchaudio_teacher.TorchaudioTeacher`;
 - :func:`build_teacher_cache`: the teacher's targets (mapped layers + CTC logits, fp16) over the training list;
@@ -12,78 +12,25 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch import nn
 
-from bench_config import BenchConfig, chunk_frames
-from bench_data import Utt, collate, duration_batches, length_groups, load_split, split_dirs, student_fbank_stats, tokenizer
+from .bench_config import BenchConfig
+from .bench_data import (Utt, collate, duration_batches, length_groups, load_split, split_dirs, student_fbank_stats,
+                         student_frontend, tokenizer)
 from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.data import CharTokenizer, greedy_ctc
 from kd_core.distiller import ctc_loss_sum, kd_objective
+from kd_core.runner import train_loop
 from kd_core.teachers.base import normalize_waveform
 
 log = logging.getLogger("bench.train")
 TEACHER_CONF = {"normalize_waveform": True}  # loader options of the teacher (part of the cache identity)
-
-
-def lr_factor(step: int, warmup: int, progress: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay over ``progress`` in [0, 1] (floor 2 %)."""
-    return min(1.0, (step + 1) / max(1, warmup)) * max(0.02, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def train_loop(module: nn.Module, step_fn: Callable[[List[int]], tuple], batches: Iterator[List[int]], lr: float,
-               warmup: int, ckpt: Path, steps: Optional[int] = None, budget_s: Optional[float] = None,
-               ckpt_every_s: float = 120.0, desc: str = "train", log_every: int = 50) -> Dict:
-    """Train ``module``'s trainable parameters; ``step_fn(batch) -> (loss, stats)``.
-
-    Stops after ``steps`` steps or ``budget_s`` seconds of training (whichever comes first); the LR
-    schedule follows whichever is given (steps first). ``ckpt`` holds the partial state (model,
-    optimiser, step, elapsed time, loss curve); a re-run resumes from it and replays the batch order.
-    Returns ``{"steps", "seconds", "curve"}`` (curve: per-step stats).
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=1e-2)
-    state = {"step": 0, "elapsed": 0.0, "curve": []}
-    if ckpt.exists():
-        ck = torch.load(ckpt, weights_only=False)
-        module.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
-        log.info("%s: resuming at step %d (%.0f s trained)", desc, state["step"], state["elapsed"])
-    for _ in range(state["step"]):
-        next(batches)
-    module.train()
-    t0, last_ckpt = time.perf_counter() - state["elapsed"], time.perf_counter()
-    while True:
-        elapsed = time.perf_counter() - t0
-        if (steps is not None and state["step"] >= steps) or (budget_s is not None and elapsed >= budget_s):
-            break
-        progress = state["step"] / steps if steps is not None and budget_s is None else elapsed / budget_s
-        for g in opt.param_groups:
-            g["lr"] = lr * lr_factor(state["step"], warmup, progress)
-        loss, stats = step_fn(next(batches))
-        opt.zero_grad()
-        if torch.isfinite(loss):
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-        state["step"] += 1
-        state["curve"].append({k: round(float(v), 4) for k, v in stats.items()})
-        if state["step"] % log_every == 0:
-            log.info("%s step %d (%.0f s): %s lr %.2e", desc, state["step"], elapsed,
-                     " ".join(f"{k} {v:.3g}" for k, v in stats.items()), opt.param_groups[0]["lr"])
-        if time.perf_counter() - last_ckpt > ckpt_every_s:
-            state["elapsed"] = time.perf_counter() - t0
-            atomic_torch_save({"model": module.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
-            last_ckpt = time.perf_counter()
-    state["elapsed"] = time.perf_counter() - t0
-    return {"steps": state["step"], "seconds": round(state["elapsed"], 1), "curve": state["curve"]}
 
 
 @torch.no_grad()
@@ -240,16 +187,12 @@ def cached_teacher(out: Path, cfg: BenchConfig):
 
 
 # ---- students --------------------------------------------------------------------------------
-def kd_conf(kind: str, layer_map: str) -> Dict:
-    """User options of each KD loss (the ESPnet recipe's presets: train_student.yaml, method_*.yaml), with
-    ``target_norm``: the pre-LN teacher's raw hidden states (squared error ~400-800 per dimension at layers 3-8)
-    made the hidden-layer loss dwarf CTC; a non-streaming LF-MMI student taught that way reached 83 % WER."""
-    if kind == "layerwise":
-        return {"layer_map": layer_map, "l1_weight": 1.0, "cos_weight": 1.0, "target_norm": True}
-    if kind == "aux_apc":
-        return {"layer_map": layer_map, "use_aux": True, "use_apc": True, "apc_shift": 2, "target_norm": True}
-    return {"layer_map": layer_map, "alpha": 0.8, "beta": 0.8, "numerator": "soft", "l1_weight": 0.0, "l2_weight": 1.0,
-            "cos_weight": 0.0, "target_norm": True}
+def kd_conf(layer_map: str) -> Dict:
+    """User options of every KD loss here: the layer map and ``target_norm``; every method option keeps the core
+    loss's default (as in the ESPnet recipe's presets). ``target_norm`` is a property of this teacher, not of a
+    method: the pre-LN teacher's raw hidden states (squared error ~400-800 per dimension at layers 3-8) made the
+    hidden-layer loss dwarf CTC; a non-streaming LF-MMI student taught that way reached 83 % WER."""
+    return {"layer_map": layer_map, "target_norm": True}
 
 
 def student_jobs(cfg: BenchConfig) -> List[Dict]:
@@ -275,9 +218,12 @@ def student_jobs(cfg: BenchConfig) -> List[Dict]:
 
 
 def build_student(out: Path, cfg: BenchConfig, chunk_ms: int, vocab: int):
+    from kd_core.streaming import ms_to_frames
     from kd_core.students import streaming_student
+    from kd_core.students.frontends import frontend_timing_ms
 
-    student = streaming_student(**cfg.student, chunk_size=chunk_frames(chunk_ms), vocab_size=vocab)
+    shift_ms, _ = frontend_timing_ms(student_frontend(cfg), 16000)
+    student = streaming_student(**cfg.student, chunk_size=ms_to_frames(chunk_ms, shift_ms), vocab_size=vocab)
     student.frontend.set_global_stats(*student_fbank_stats(out))
     return student
 
@@ -297,15 +243,12 @@ def den_graph_fn(out: Path, tok: CharTokenizer, train: Sequence[Utt]):
 
 
 def make_kd_loss(out: Path, cfg: BenchConfig, job: Dict, student, teacher, tok, train) -> nn.Module:
-    from kd_core.losses.registry import KDContext, build_kd_loss
+    from kd_core.distiller import kd_context
+    from kd_core.losses.registry import build_kd_loss
 
-    ctx = KDContext(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers,
-                    teacher_shift_ms=teacher.frame_shift_ms, student_dim=student.encoder.d_model,
-                    student_layers=student.encoder.num_layers, student_shift_ms=student.frame_shift_ms,
-                    encoder=student.encoder, den_graph=den_graph_fn(out, tok, train), teacher_vocab=teacher.vocab_size,
-                    student_vocab=student.ctc.out_features)
+    ctx = kd_context(teacher, student, den_graph_fn(out, tok, train))
     layer_map = cfg.stage2_layer_map if job["teacher"].startswith("student:") else cfg.layer_map
-    return build_kd_loss(job["kd"], kd_conf(job["kd"], layer_map), ctx)
+    return build_kd_loss(job["kd"], kd_conf(layer_map), ctx)
 
 
 def job_teacher(out: Path, cfg: BenchConfig, job: Dict):

@@ -5,7 +5,7 @@ Both losses see the same ``(B, T, V)`` log-probabilities (student-like: 40 ms fr
 vocabulary); LF-MMI runs on the bigram denominator graph (``--topology ctc`` or ``2state``) of
 random "transcripts" (the graph size that matters: ``2V - 1`` states, ``~V^2`` arcs), CTC on
 random label sequences.
-Usage: ``python bench/lfmmi_speed.py [--batch 8] [--seconds 8] [--vocab 64] [--threads 1] [--topology ctc]``.
+Usage: ``python -m bench.lfmmi_speed [--batch 8] [--seconds 8] [--vocab 64] [--threads 1] [--topology ctc]``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch.nn import functional as F
 
-from timing import best_time
+from .timing import best_time
 
 
 def main(argv=None) -> None:

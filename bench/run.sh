@@ -9,4 +9,4 @@ export NLTK_DATA=${NLTK_DATA:-$PWD/.venv/nltk_data}
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::FutureWarning,ignore::UserWarning}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # shared or busy cores: idle OpenMP threads sleep instead of spinning (spinning made 2 threads 3x slower than 1)
 export BENCH_COMMAND="bench/run.sh${*:+ $*}"
-exec "$PY" bench/run_bench.py "$@"
+exec "$PY" -m bench.run_bench "$@"  # from the repo root: bench/ and tools/ are packages

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark: a wav2vec2-style teacher vs distilled streaming students (WER x latency x size x speed).
 
 Stages (each writes ``<out>/stages/<stage>.json`` when done and is skipped when it exists; a killed run
@@ -31,13 +30,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+from kd_core.atomic import atomic_write_text
 
-from bench_config import BenchConfig, get_config  # noqa: E402
-from kd_core.atomic import atomic_write_text  # noqa: E402
+from .bench_config import BenchConfig, get_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench")
 STAGES = ("data", "teacher", "teacher_eval", "cache", "students", "measure")
@@ -87,7 +84,7 @@ class StageRunner:
 
 def redo(out: Path, cfg: BenchConfig, stage: str) -> None:
     """Forget ``stage`` and every later stage: markers and their outputs (the corpus audio is kept)."""
-    from bench_train import student_jobs
+    from .bench_train import student_jobs
 
     outputs = dict(STAGE_OUTPUTS)
     outputs["students"] = ["scores", "den_graph"] + [f"models/{j['name']}{ext}" for j in student_jobs(cfg)
@@ -134,7 +131,7 @@ def _exit_with_parent(parent: int) -> None:
 
 def run_students(out: Path, cfg: BenchConfig):
     """Train and score every student, ``cfg.jobs`` at a time in spawned worker processes (1 thread each)."""
-    from bench_train import run_student_job, student_jobs
+    from .bench_train import run_student_job, student_jobs
 
     jobs = student_jobs(cfg)
     pending, running, done = list(jobs), {}, {}
@@ -175,7 +172,7 @@ def main(argv=None) -> int:
     logging.getLogger("kd_core.students.model").setLevel(logging.WARNING)  # one line per student built
     cfg = get_config(mode, seed=a.seed, jobs=a.jobs)
     out = Path(a.out or f"exp/bench{'' if mode == 'full' else '-' + mode}").resolve()
-    results = Path(a.results).resolve() if a.results else (BENCH / "results" if mode == "full" else out / "results")
+    results = Path(a.results).resolve() if a.results else (ROOT / "bench" / "results" if mode == "full" else out / "results")
     out.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     for d in ("models", "logs"):
@@ -183,16 +180,17 @@ def main(argv=None) -> int:
     check_config(out, cfg, accept=bool(a.redo))
     if a.redo:
         redo(out, cfg, a.redo)
-    command = os.environ.get("BENCH_COMMAND") or "python bench/run_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = os.environ.get("BENCH_COMMAND") or "python -m bench.run_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     say(f"{mode} run: work dir {out}, results {results}")
 
     import torch
 
-    from bench_train import build_teacher_cache, evaluate_teacher, train_teacher
+    from .bench_data import prepare_data
+    from .bench_train import build_teacher_cache, evaluate_teacher, train_teacher
 
     torch.set_num_threads(2)
     stages = StageRunner(out)
-    data_info = stages.run("data", lambda: __import__("bench_data").prepare_data(out, cfg, a.fsdd_dir))
+    data_info = stages.run("data", lambda: prepare_data(out, cfg, a.fsdd_dir))
     teacher_info = stages.run("teacher", lambda: train_teacher(out, cfg),
                               note=f"wall-clock budget {cfg.teacher_minutes:g} min, 2 threads")
     teacher_eval = stages.run("teacher_eval", lambda: evaluate_teacher(out))
@@ -203,11 +201,11 @@ def main(argv=None) -> int:
                     teacher_eval["valid"]["wer"])
     cache_info = stages.run("cache", lambda: build_teacher_cache(out, cfg), note="2 threads")
     scores = stages.run("students", lambda: run_students(out, cfg), note=f"{cfg.jobs} processes x 1 thread")
-    from bench_measure import measure
+    from .bench_measure import measure
 
     measured = stages.run("measure", lambda: measure(out, cfg), note="1 thread")
 
-    from bench_report import STAGE_ORDER, write_report
+    from .bench_report import STAGE_ORDER, write_report
 
     stage_info = {st: {k: v for k, v in (stages.load(st) or {}).items() if k != "result"} for st in STAGE_ORDER}
     total = sum(s.get("seconds", 0.0) for s in stage_info.values())

@@ -6,7 +6,7 @@ Measured in one process on the same audio (ratios, not absolute timings, are the
   (torchaudio factory, random weights) and of the ``student_small`` streaming preset, full
   forward and chunk-by-chunk streaming (``stream()`` fed 100 ms pieces);
 - time of one training step with the teacher run online (KD + CTC) vs a plain CTC step.
-Usage: ``python bench/speed.py [--seconds 8] [--repeats 3] [--quick]``.
+Usage: ``python -m bench.speed [--seconds 8] [--repeats 3] [--quick]``.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from timing import best_time
+from .timing import best_time
 
 
 def main(argv=None):

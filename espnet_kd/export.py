@@ -9,6 +9,7 @@ stock classes (``model: espnet``) and stock ``espnet2.bin.asr_inference`` / ``as
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 from pathlib import Path
 from typing import Tuple
@@ -21,18 +22,32 @@ from kd_core.errors import require
 
 logger = logging.getLogger(__name__)
 
-KD_ONLY_OPTIONS = ("teacher_type", "teacher_path", "teacher_conf", "kd_loss", "kd_loss_conf")
-KD_MODEL_CONF = ("kd_weight", "asr_weight")
 TRAINING_ONLY_PREFIXES = ("kd_loss.",)
 OUR_CLASSES = {"frontend": ("kd_streaming",), "encoder": ("kd_chunked",)}
 
 
+def kd_only_options() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """``(top-level options, model_conf keys)`` that exist only for KD training, derived from the task: its
+    own argument group + ``kd_loss``, and the KD model's arguments that ESPnet's model does not take."""
+    from espnet2.asr.espnet_model import ESPnetASRModel
+
+    from .model import ESPnetASRKDModel
+    from .task import ASRKDTask
+
+    def args(cls):
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {k for k, p in inspect.signature(cls.__init__).parameters.items() if p.kind in named and k != "self"}
+
+    return ASRKDTask.kd_options(), tuple(sorted(args(ESPnetASRKDModel) - args(ESPnetASRModel)))
+
+
 def student_config(config: dict) -> Tuple[dict, bool]:
     """KD training config -> (student config, True if it names only stock ESPnet classes)."""
-    cfg = {k: v for k, v in config.items() if k not in KD_ONLY_OPTIONS}
+    options, model_conf = kd_only_options()
+    cfg = {k: v for k, v in config.items() if k not in options}
     if cfg.get("model") in (None, "espnet_kd"):
         cfg["model"] = "espnet"
-    cfg["model_conf"] = {k: v for k, v in (cfg.get("model_conf") or {}).items() if k not in KD_MODEL_CONF}
+    cfg["model_conf"] = {k: v for k, v in (cfg.get("model_conf") or {}).items() if k not in model_conf}
     stock = all(cfg.get(name) not in ours for name, ours in OUR_CLASSES.items())
     return cfg, stock
 

@@ -2,7 +2,7 @@
 
 The student is an ordinary :class:`ESPnetASRModel` (any ESPnet front-end/encoder/decoder,
 or the core's streaming front-end and chunked encoder). Training adds the weighted KD term
-to the ASR loss; the teacher is held outside the module tree, so it is never saved, never
+(:func:`kd_core.distiller.kd_term`, the core's one KD objective) to the ASR loss; the teacher is held outside the module tree, so it is never saved, never
 optimised and never switched to train mode.
 """
 from __future__ import annotations
@@ -15,8 +15,10 @@ import torch
 from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.torch_utils.device_funcs import force_gatherable
 
+from kd_core.distiller import kd_term
 from kd_core.errors import require
 from kd_core.hooks import capture_layers
+from kd_core.losses.registry import needs_logits
 from kd_core.teachers.base import Teacher
 
 from .encoder import KDChunkedEncoder
@@ -112,14 +114,11 @@ class ESPnetASRKDModel(ESPnetASRModel):
             teacher = self.teacher.to(speech.device)
             with torch.no_grad():
                 t_out = teacher(speech, speech_lengths)
-            logits = {}
-            if getattr(self.kd_loss, "needs_logits", False):  # prediction-layer KD (e.g. LF-MMI)
-                logits = dict(teacher_logits=t_out.logits, student_logits=self.ctc.ctc_lo(encoder_out))
-            kd_sum, kd_den, kd_stats = self.kd_loss(t_out.hidden, t_out.lengths, hidden, encoder_out_lens, **logits)
-            loss_kd = kd_sum / kd_den.clamp(min=1)
+            logits = self.ctc.ctc_lo(encoder_out) if needs_logits(self.kd_loss) else None
+            loss_kd, kd_stats = kd_term(self.kd_loss, t_out, hidden, encoder_out_lens, logits)
             loss = loss + self.kd_weight * loss_kd
             stats["loss_kd"] = loss_kd.detach()
-            stats.update({k: torch.tensor(v) for k, v in kd_stats.items() if k not in ("kd_layer", "kd_aux_apc")})
+            stats.update({k: torch.tensor(v) for k, v in kd_stats.items()})
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight

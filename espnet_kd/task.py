@@ -14,6 +14,7 @@ from typing import Any, Dict, Tuple
 import torch
 from espnet2.asr.ctc import CTC
 from espnet2.asr.espnet_model import ESPnetASRModel
+from espnet2.layers.global_mvn import GlobalMVN
 from espnet2.tasks import asr as _asr
 from espnet2.tasks.asr import ASRTask
 from espnet2.torch_utils.initialize import initialize
@@ -100,7 +101,19 @@ class ASRKDTask(ASRTask):
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):
         super().add_task_arguments(parser)
-        group = parser.add_argument_group(description="Knowledge distillation")
+        cls.add_kd_arguments(parser.add_argument_group(description="Knowledge distillation"))
+
+    @classmethod
+    def kd_options(cls) -> Tuple[str, ...]:
+        """Every option this task adds to ``asr_train``'s (its KD argument group and the ``kd_loss`` choice):
+        what an exported student config must not contain (:mod:`espnet_kd.export`)."""
+        parser = argparse.ArgumentParser(add_help=False)
+        cls.add_kd_arguments(parser)
+        return tuple(a.dest for a in parser._actions) + (kd_loss_choices.name, f"{kd_loss_choices.name}_conf")
+
+    @staticmethod
+    def add_kd_arguments(group) -> None:
+        """The task's own options (``group``: an argparse parser or argument group)."""
         group.add_argument("--teacher_type", type=str_or_none, default=None, choices=list(TEACHER_TYPES) + [None],
                            help="fairseq (.pt), torchaudio (factory name or fairseq .pt) or espnet (packed zip / zoo name)")
         group.add_argument("--teacher_path", type=str_or_none, default=None, help="Teacher checkpoint, zip or name")
@@ -189,6 +202,10 @@ class ASRKDTask(ASRTask):
         model = cls.build_student(args)
         if not isinstance(model, ESPnetASRKDModel) or getattr(args, "collect_stats", False):
             return model
+        if isinstance(model.encoder, KDChunkedEncoder) and model.encoder.net.chunk_size > 0:
+            require(model.normalize is None or isinstance(model.normalize, GlobalMVN),
+                    f"--normalize {args.normalize}: whole-utterance statistics cannot be applied chunk by chunk by a streaming "
+                    "kd_chunked student; use --normalize global_mvn or none (asr.sh: --feats_normalize global_mvn|none)")
         if model.kd_weight == 0:
             logging.info("model_conf.kd_weight=0: training without a teacher")
             return model
@@ -226,7 +243,7 @@ class ASRKDTask(ASRTask):
             teacher = cached_teacher_for_loss(kd_loss, teacher, args.teacher_type, args.teacher_path, args.teacher_cache_dir,
                                               args.teacher_cache_mode, args.teacher_cache_dtype, **teacher_conf)
         if getattr(args, "kd_init_from_teacher", False):
-            from kd_core.students.init import init_from_teacher
+            from kd_core.students.init_from_teacher import init_from_teacher
 
             init_from_teacher(teacher, getattr(model.frontend, "net", None), model.ctc.ctc_lo)
         model.attach_teacher(teacher, kd_loss)

@@ -1,21 +1,23 @@
 """Teacher + student + KD losses (+ CTC) -> one training loss with a shared normalisation.
 
-Every term is a ``(sum, denominator)`` pair; the distiller combines their means with the
+The one owner of the KD objective: :func:`kd_term` (any loss of :func:`~.losses.registry.build_kd_loss`
+-> its per-frame mean and stats) is called by :func:`kd_objective` (``+ CTC``; the fairseq criteria,
+the bench and :class:`Distiller`) and by the ESPnet model (``+ ESPnet's CTC/attention loss``).
+Every term is a ``(sum, denominator)`` pair; :func:`kd_objective` combines their means with the
 configured weights and returns ``(loss_sum, denom, stats)`` with ``denom`` = batch size, so
 ESPnet (``loss = sum / denom``, ``weight = denom``) and fairseq (``loss = sum``,
 ``sample_size = denom``) normalise identically.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .errors import require
-from .losses.layerwise import LayerMapSpec, LayerwiseKDLoss
-from .losses.registry import needs_logits
+from .losses.registry import KDContext, build_kd_loss, needs_logits
 from .students.model import StreamingStudent, StudentOutput
 from .teachers.base import Teacher, TeacherOutput
 
@@ -27,39 +29,50 @@ def ctc_loss_sum(logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Ten
     return loss, torch.tensor(float(logits.size(0)))
 
 
+def kd_context(teacher, student: StreamingStudent, den_graph: Optional[Callable[[], object]] = None) -> KDContext:
+    """The :class:`KDContext` of a teacher and a core student, for :func:`build_kd_loss`.
+
+    ``teacher``: anything with the :class:`Teacher` attributes (a loaded teacher, a
+    :class:`~kd_core.cache.CachedTeacher`, a :class:`~kd_core.teachers.student_teacher.StudentTeacher`).
+    ``den_graph``: called only by losses that take a denominator graph (LF-MMI).
+    """
+    return KDContext(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers,
+                     teacher_shift_ms=teacher.frame_shift_ms, student_dim=student.encoder.d_model,
+                     student_layers=student.encoder.num_layers, student_shift_ms=student.frame_shift_ms,
+                     encoder=student.encoder, den_graph=den_graph, teacher_vocab=teacher.vocab_size,
+                     student_vocab=student.ctc.out_features if student.ctc is not None else None)
+
+
 class Distiller(nn.Module):
-    """Hidden-layer KD from a frozen teacher into a student, plus optional CTC.
+    """KD from a frozen teacher into a core student with any registered KD loss, plus optional CTC.
 
     Args:
-        teacher: frozen :class:`Teacher` (or ``None`` when targets come precomputed).
+        teacher: frozen :class:`Teacher` (or a cached one); ``None`` when targets are always passed to
+            :meth:`forward`, in which case ``context`` describes the teacher.
         student: :class:`StreamingStudent`.
-        layer_map: teacher->student layer pairs (e.g. ``"4:2,8:4,12:6"``).
-        kd_weight, ctc_weight: weights of the mean KD and mean CTC terms.
-        teacher_dim, teacher_layers, teacher_shift_ms: needed when ``teacher`` is ``None``.
-        **loss_conf: :class:`LayerwiseKDLoss` options (``l1_weight``, ``cos_weight``, ``heads``, ...).
+        kd_loss: name in :data:`~kd_core.losses.registry.KD_LOSSES` (``layerwise``, ``aux_apc``, ``lfmmi``).
+        kd_weight, ctc_weight: weights of the mean KD and mean CTC terms (``kd_weight=0``: no KD loss is built).
+        den_graph: LF-MMI denominator graph source (``() -> Graph``), e.g. ``lambda: cached_den_graph(seqs, vocab)``.
+        context: overrides the :class:`KDContext` derived from ``teacher`` and ``student``.
+        **loss_conf: the loss's user options (``layer_map``, ``l1_weight``, ``apc_shift``, ...; defaults from the loss).
     """
 
-    def __init__(self, teacher: Optional[Teacher], student: StreamingStudent, layer_map: LayerMapSpec,
-                 kd_weight: float = 1.0, ctc_weight: float = 0.0, teacher_dim: Optional[int] = None,
-                 teacher_layers: Optional[int] = None, teacher_shift_ms: Optional[float] = None, **loss_conf):
+    def __init__(self, teacher: Optional[Teacher], student: StreamingStudent, kd_loss: str = "layerwise",
+                 kd_weight: float = 1.0, ctc_weight: float = 0.0, den_graph: Optional[Callable[[], object]] = None,
+                 context: Optional[KDContext] = None, **loss_conf):
         super().__init__()
         self.teacher = teacher
         require(teacher is None or teacher.sample_rate == student.sample_rate,
                 f"sample rates differ: teacher {getattr(teacher, 'sample_rate', None)} Hz, student {student.sample_rate} Hz; "
                 "set the student's sample_rate to the teacher's and resample the data")
         require(ctc_weight == 0 or student.ctc is not None, "ctc_weight>0 but the student has no CTC head; set vocab_size")
+        require(teacher is not None or context is not None or not kd_weight,
+                "Distiller: no teacher; pass context=KDContext(...) describing the teacher whose targets you will give")
         self.student = student
         self.kd_weight, self.ctc_weight = kd_weight, ctc_weight
-        self.kd = LayerwiseKDLoss(
-            teacher_dim=teacher_dim or teacher.hidden_size,
-            student_dim=student.encoder.d_model,
-            layer_map=layer_map,
-            teacher_layers=teacher_layers if teacher_layers is not None else teacher.num_layers,
-            student_layers=student.encoder.num_layers,
-            teacher_shift_ms=teacher_shift_ms or teacher.frame_shift_ms,
-            student_shift_ms=student.frame_shift_ms,
-            **loss_conf,
-        )
+        self.kd = None
+        if kd_weight:
+            self.kd = build_kd_loss(kd_loss, loss_conf, context or kd_context(teacher, student, den_graph), option="loss_conf")
 
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         """Student + heads only: the teacher is never saved."""
@@ -75,27 +88,34 @@ class Distiller(nn.Module):
         return kd_objective(self.kd, out, teacher_out, self.kd_weight, self.ctc_weight, targets, target_lengths)
 
 
-#: per-loss totals that ``kd_objective`` reports once, as ``kd``
-SUMMARY_STATS = ("kd_layer", "kd_aux_apc")
+def kd_term(kd_loss: nn.Module, teacher: TeacherOutput, student_hidden: Sequence[Optional[torch.Tensor]],
+            student_lengths: torch.Tensor, student_logits: Optional[torch.Tensor] = None,
+            ) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The KD loss's mean over its denominator (e.g. valid student frames) and its stats.
+
+    ``student_hidden``: ``(B, T, D)`` per layer (index 0: encoder input, last: encoder output);
+    ``student_logits (B, T, V)``: passed, with the teacher's, to prediction-layer losses (:func:`needs_logits`).
+    """
+    logits = dict(teacher_logits=teacher.logits, student_logits=student_logits) if needs_logits(kd_loss) else {}
+    kd_sum, kd_den, stats = kd_loss(teacher.hidden, teacher.lengths, student_hidden, student_lengths, **logits)
+    return kd_sum / kd_den.clamp(min=1), stats
 
 
 def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: Optional[TeacherOutput], kd_weight: float,
                  ctc_weight: float, targets: Optional[torch.Tensor] = None, target_lengths: Optional[torch.Tensor] = None,
                  ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
-    """``kd_weight * KD (mean over the loss's denominator, e.g. valid frames) + ctc_weight * CTC (mean
-    over utterances)``, returned as ``(mean * B, B, stats)``: the per-utterance sum that ESPnet divides
-    by its weight and fairseq by ``sample_size``. CTC counts only when ``targets (B, U)`` are given;
-    prediction-layer losses (``needs_logits``) also get both models' logits ``(B, T, V)``.
+    """``kd_weight * KD (`kd_term`) + ctc_weight * CTC (mean over utterances)``, returned as
+    ``(mean * B, B, stats)``: the per-utterance sum that ESPnet divides by its weight and fairseq by
+    ``sample_size``. CTC counts only when ``targets (B, U)`` are given. ``stats``: the loss's own
+    terms, ``kd``, ``ctc`` and ``loss``.
     """
     b = student.lengths.numel()
     loss, stats = student.hidden[-1].new_zeros(()), {}
     if kd_weight:
         require(kd_loss is not None and teacher is not None, "kd_weight > 0 but no KD loss or teacher targets")
-        logits = dict(teacher_logits=teacher.logits, student_logits=student.logits) if needs_logits(kd_loss) else {}
-        kd_sum, kd_den, stats = kd_loss(teacher.hidden, teacher.lengths, student.hidden, student.lengths, **logits)
-        loss = kd_weight * kd_sum / kd_den.clamp(min=1)
-        stats = {k: v for k, v in stats.items() if k not in SUMMARY_STATS}
-        stats["kd"] = (kd_sum / kd_den.clamp(min=1)).item()
+        kd_mean, stats = kd_term(kd_loss, teacher, student.hidden, student.lengths, student.logits)
+        loss = kd_weight * kd_mean
+        stats["kd"] = kd_mean.item()
     if ctc_weight and targets is not None:
         require(student.logits is not None, "ctc_weight > 0 but the student has no CTC head; set vocab_size")
         c_sum, c_den = ctc_loss_sum(student.logits, student.lengths, targets, target_lengths)

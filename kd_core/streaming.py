@@ -1,4 +1,4 @@
-"""Streaming helpers: chunk attention masks, ms <-> frames, algorithmic latency.
+"""Streaming helpers: chunk attention masks, ms <-> frames, teacher/student frame-rate ratio, algorithmic latency.
 
 Conventions: boolean masks are ``True`` where attention is *allowed* (the convention of
 ``torch.nn.functional.scaled_dot_product_attention``). Frames are encoder frames, i.e.
@@ -65,6 +65,22 @@ def ms_to_frames(ms: float, frame_shift_ms: float, option: str = "chunk_ms") -> 
         f"({frame_shift_ms:g} ms); use e.g. {round(frames) * frame_shift_ms:g}",
     )
     return int(round(frames))
+
+
+def frame_rate_ratio(teacher_shift_ms: float, student_shift_ms: float, student_coarser: bool = True) -> int:
+    """Integer ratio between the teacher's and the student's frame shifts (how many frames of the finer
+    model make one of the coarser), the one check every KD loss makes before matching frame rates.
+
+    ``student_coarser=True`` also requires the student's frames to be at least as long as the teacher's.
+    Raises :class:`~kd_core.errors.KDConfigError` naming both shifts otherwise.
+    """
+    big, small = max(teacher_shift_ms, student_shift_ms), min(teacher_shift_ms, student_shift_ms)
+    ratio = big / small
+    ok = math.isclose(ratio, round(ratio), abs_tol=1e-6) and (not student_coarser or student_shift_ms >= teacher_shift_ms)
+    need = "an integer multiple of the teacher's" if student_coarser else "an integer multiple or fraction of the teacher's"
+    require(ok, f"frame shifts teacher={teacher_shift_ms:g} ms, student={student_shift_ms:g} ms: the student's must be "
+            f"{need}; change the student's front-end stride")
+    return int(round(ratio))
 
 
 def frames_to_ms(frames: int, frame_shift_ms: float) -> float:

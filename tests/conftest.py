@@ -1,5 +1,4 @@
 """Shared fixtures: tiny real teachers written once per session with the toolkits' own code."""
-import importlib.util
 import os
 import tempfile
 import zipfile
@@ -24,8 +23,6 @@ os.environ.setdefault("NLTK_DATA", _offline_nltk_data())
 @pytest.fixture(scope="session")
 def tiny_teachers(tmp_path_factory):
     """``{name: path}``: tiny fairseq HuBERT / wav2vec2 / wav2vec2-CTC checkpoints and an ESPnet zip."""
-    tool = Path(__file__).resolve().parents[1] / "tools" / "make_tiny_teachers.py"
-    spec = importlib.util.spec_from_file_location("make_tiny_teachers", tool)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_tiny_teachers(tmp_path_factory.mktemp("teachers"), seed=0)
+    from tools.make_tiny_teachers import make_tiny_teachers
+
+    return make_tiny_teachers(tmp_path_factory.mktemp("teachers"), seed=0)

@@ -70,3 +70,61 @@ def test_bench_smoke_end_to_end_and_resume(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "models").glob("*.pt")} == models
     assert {s: (out / "stages" / f"{s}.json").read_text() for s in STAGES} == markers
     assert not list(out.rglob("*.partial.pt")) and not list(out.rglob("*.tmp"))
+
+
+def test_redo_forgets_a_stage_and_every_later_one(tmp_path, capsys):
+    """``--redo STAGE``: that stage's and later stages' markers and outputs go; earlier ones stay. A stage
+    whose marker exists is skipped; one started but not finished is reported as resumed."""
+    from bench.bench_config import get_config
+    from bench.bench_train import student_jobs
+    from bench.run_bench import STAGES, StageRunner, redo
+
+    cfg = get_config("smoke")
+    runner = StageRunner(tmp_path)
+    for st in STAGES:
+        runner.run(st, lambda st=st: {"stage": st})
+    files = ["lists/tokens.txt", "models/teacher.pt", "cache/shards/0.npy", "scores/x.json", "den_graph/g.pt"]
+    files += [f"models/{j['name']}.pt" for j in student_jobs(cfg)] + ["models/layer_kd_480ms.partial.pt"]
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    redo(tmp_path, cfg, "cache")
+    assert [st for st in STAGES if runner.load(st) is not None] == ["data", "teacher", "teacher_eval"]
+    assert (tmp_path / "lists/tokens.txt").exists() and (tmp_path / "models/teacher.pt").exists()
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "scores").exists()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["teacher.pt"]
+    capsys.readouterr()
+    assert runner.run("teacher", lambda: 1 / 0) == {"stage": "teacher"}  # done earlier: not run again
+    (tmp_path / "stages" / ".cache.started").write_text("")  # a run was killed during the cache stage
+    assert runner.run("cache", lambda: {"again": True}) == {"again": True}
+    out = capsys.readouterr().out
+    assert "stage teacher: done earlier" in out and "stage cache: resuming" in out
+    assert "resumed after an interruption" in runner.load("cache")["note"]
+
+
+def test_wer_is_greedy_ctc_scored_with_jiwer():
+    """The bench's WER column: perfect CTC paths score 0 %, an all-blank model 100 %, one wrong word 50 %."""
+    import torch
+
+    from bench.bench_train import evaluate
+    from kd_core.data import CharTokenizer
+
+    data = [("a", torch.zeros(1600), "ONE TWO"), ("b", torch.zeros(3200), "NINE")]  # corpus texts are upper case
+    tok = CharTokenizer.from_texts([t for *_, t in data])
+    texts = {w.numel(): t for _, w, t in data}
+
+    def paths(wav, wl, text_of):
+        rows = []
+        for n in wl.tolist():
+            ids = tok.encode(text_of(texts[n]))
+            rows.append([0] + [x for i in ids for x in (i, 0)])  # blank, token, blank, ...
+        t = max(len(r) for r in rows)
+        logits = torch.full((len(rows), t, len(tok)), -10.0)
+        for b, r in enumerate(rows):
+            logits[b, torch.arange(t), torch.tensor(r + [0] * (t - len(r)))] = 10.0
+        return logits, torch.tensor([len(r) for r in rows])
+
+    assert evaluate(lambda w, l: paths(w, l, lambda s: s), data, tok)["wer"] == 0.0
+    assert evaluate(lambda w, l: paths(w, l, lambda s: ""), data, tok)["wer"] == 100.0
+    half = evaluate(lambda w, l: paths(w, l, lambda s: s.replace("TWO", "TEN")), data, tok)
+    assert half["wer"] == pytest.approx(100 / 3) and half["n"] == 2  # 1 of 3 reference words

@@ -2,9 +2,9 @@
 """Build the miniature model zoo (``zoo/``) the way users' teachers are made: HuBERT pre-training on
 unlabelled audio with fairseq's own task and criterion, then CTC fine-tuning on a smaller labelled set.
 
-    python tools/build_zoo.py hubert_mini       # data -> MFCC k-means -> fairseq-hydra-train pre-training -> zoo/hubert_mini/
-    python tools/build_zoo.py hubert_mini_ctc   # fine-tuning from zoo/hubert_mini -> test WER -> zoo/hubert_mini_ctc/
-    python tools/build_zoo.py status
+    python -m tools.build_zoo hubert_mini       # data -> MFCC k-means -> fairseq-hydra-train pre-training -> zoo/hubert_mini/
+    python -m tools.build_zoo hubert_mini_ctc   # fine-tuning from zoo/hubert_mini -> test WER -> zoo/hubert_mini_ctc/
+    python -m tools.build_zoo status
 
 Options: ``--work exp/zoo`` (corpora, labels, fairseq runs), ``--threads 1`` (torch threads of the
 training), ``--fsdd-dir ../shared/data/fsdd``. Every step is resumable: finished steps are skipped
@@ -32,9 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-import make_corpus  # tools/ (this script's folder)
-
 from kd_core.atomic import atomic_torch_save, atomic_write, atomic_write_text
+from tools import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo"
@@ -267,7 +266,7 @@ def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
     make_data(work, fsdd_dir)
     base = ZOO / "hubert_mini/hubert_mini.pt"
     if not base.is_file():
-        sys.exit(f"build_zoo: error: {base} not found; build it first: python tools/build_zoo.py hubert_mini")
+        sys.exit(f"build_zoo: error: {base} not found; build it first: python -m tools.build_zoo hubert_mini")
     run, ft = work / "runs/hubert_mini_ctc", work / "finetune"
     if not _done(work, "hubert_mini_ctc_train"):
         fairseq_train("hubert_mini_ctc", [f"task.data={ft}", f"task.label_dir={ft}", f"model.w2v_path={base}"], run, threads)
@@ -276,7 +275,7 @@ def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
     sha = pack(run / "checkpoint_best.pt", out / "hubert_mini_ctc.pt", model_name="hubert_ctc", pretrained=base)
     atomic_write_text(out / "dict.ltr.txt", (ft / "dict.ltr.txt").read_text())
     log.info("zoo/hubert_mini_ctc/hubert_mini_ctc.pt sha256 %s", sha)
-    from zoo_eval import evaluate_ctc_teacher
+    from tools.zoo_eval import evaluate_ctc_teacher
 
     res = evaluate_ctc_teacher(out / "hubert_mini_ctc.pt", out, {s: ft / f"{s}.tsv" for s in ("test_synth", "test_fsdd", "valid")},
                                threads=threads)

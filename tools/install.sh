@@ -8,7 +8,7 @@ ROOT=$(pwd)
 VENV=${VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 STAMP=$VENV/.kd_install_stamp
-WANT=$(cat tools/install.sh setup.py espnet_kd/espnet_kd_aliases.pth | sha256sum | cut -c1-16)
+WANT=$(cat tools/install.sh setup.py pyproject.toml pep517/kd_backend.py espnet_kd/espnet_kd_aliases.pth | sha256sum | cut -c1-16)
 
 log() { echo "[install] $*" >&2; }
 
@@ -55,7 +55,7 @@ for rel in ("taggers/averaged_perceptron_tagger_eng.zip", "corpora/cmudict.zip")
     if not os.path.exists(path):
         zipfile.ZipFile(path, "w").close()
 PY
-log "this project (editable)"
+log "this project (editable, PEP 660 through pyproject.toml)"
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 "$VENV/bin/python" -c "import kd_core, espnet2, fairseq, torchaudio; print('torch', __import__('torch').__version__)"
 echo "$WANT" > "$STAMP"

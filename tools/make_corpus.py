@@ -10,11 +10,11 @@ Every list file is written atomically; a wav is reused on a re-run only if the s
 ``.<uttid>.key`` next to it records the same synthesis parameters, so a killed run resumes
 and a re-run with other options into the same ``OUT`` never keeps stale audio.
 
-Usage::
+Usage (from the repository root)::
 
-    python tools/make_corpus.py synth --out data/synth --seed 0 --num-train 100
-    python tools/make_corpus.py synth --out data/bench --text-source wordnet --num-train 3000
-    python tools/make_corpus.py fsdd --fsdd-dir ../shared/data/fsdd --out data/fsdd
+    python -m tools.make_corpus synth --out data/synth --seed 0 --num-train 100
+    python -m tools.make_corpus synth --out data/bench --text-source wordnet --num-train 3000
+    python -m tools.make_corpus fsdd --fsdd-dir ../shared/data/fsdd --out data/fsdd
 """
 from __future__ import annotations
 
@@ -37,12 +37,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 
-_TOOLS = Path(__file__).resolve().parent
-sys.path.insert(0, str(_TOOLS))  # text_sources
-if str(_TOOLS.parent) not in sys.path:
-    sys.path.append(str(_TOOLS.parent))  # kd_core when the package is not installed
-from kd_core.atomic import atomic_write_text  # noqa: E402
-from kd_core.errors import KDConfigError, require  # noqa: E402
+from kd_core.atomic import atomic_write_text
+from kd_core.errors import KDConfigError, require
 
 log = logging.getLogger("make_corpus")
 
@@ -213,7 +209,7 @@ def make_synthetic_corpus(out_dir, seed: int = 0, num_train: int = 100, num_vali
     aug_rng = random.Random(f"aug-{seed}")  # augmentation draws: turning one on never changes the texts
     pools = _text_pools(text_source, vocab_size)
     if pools:
-        from text_sources import WORDNET_NOTICE
+        from tools.text_sources import WORDNET_NOTICE
 
         atomic_write_text(out_dir / "TEXT_LICENSE.txt", WORDNET_NOTICE + "\n")
     summary = {"out": str(out_dir.resolve()), "seed": seed, "text_source": text_source, "noise_snr_db": noise_snr_db,
@@ -272,7 +268,7 @@ def _text_pools(text_source: str, vocab_size: int) -> Optional[Dict[str, List[st
     """Sentence lists per split for the WordNet sources (``None`` for the grammar)."""
     if text_source == "grammar":
         return None
-    from text_sources import wordnet_closed_vocab, wordnet_pool, wordnet_sentences
+    from tools.text_sources import wordnet_closed_vocab, wordnet_pool, wordnet_sentences
 
     if text_source == "wordnet":
         every = wordnet_sentences()

@@ -29,6 +29,36 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_streamable(model, option: str) -> None:
+    """One line unless ``model`` streams chunk by chunk exactly: front-end kd_streaming, encoder kd_chunked with
+    chunks, no pre/post-encoder, and normalize none or global_mvn (a per-frame affine map; ``asr.sh``'s default)."""
+    from espnet2.layers.global_mvn import GlobalMVN
+
+    from espnet_kd.encoder import KDChunkedEncoder
+    from espnet_kd.frontend import KDStreamingFrontend
+
+    require(isinstance(model.frontend, KDStreamingFrontend) and isinstance(model.encoder, KDChunkedEncoder)
+            and model.preencoder is None and model.postencoder is None,
+            f"{option} needs frontend kd_streaming + encoder kd_chunked (no pre/post-encoder); for contextual_block "
+            "encoders use espnet2.bin.asr_inference_streaming")
+    require(model.normalize is None or isinstance(model.normalize, GlobalMVN),
+            f"{option}: normalize {type(model.normalize).__name__} uses whole-utterance statistics and cannot stream; "
+            "train with --normalize global_mvn or none (asr.sh: --feats_normalize global_mvn|none)")
+    require(model.encoder.net.chunk_size > 0, f"{option}: the student has chunk_size=0 (full context)")
+
+
+def streaming_encoder_output(model, speech, piece: int):
+    """Encoder output ``(1, T, D)`` of a kd_streaming + kd_chunked ESPnet student fed ``speech (1, S)`` in
+    ``piece``-sample pieces, chunk by chunk; global MVN applied per frame, as :meth:`encode` does."""
+    import torch
+
+    from kd_core.students.model import stream_hidden
+
+    norm = model.normalize
+    transform = (lambda f: norm(f, torch.tensor([f.size(1)]))[0]) if norm is not None else None
+    return stream_hidden(model.frontend.net, model.encoder.net, speech.split(piece, dim=1), transform)[-1]
+
+
 def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path) -> None:
     """Greedy CTC decoding of a student with the core's front-end/encoder, offline or chunk by chunk."""
     import torch
@@ -37,10 +67,7 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
     from espnet2.text.token_id_converter import TokenIDConverter
 
     from kd_core.data import greedy_ctc
-    from kd_core.students.model import stream_hidden
 
-    from espnet_kd.encoder import KDChunkedEncoder
-    from espnet_kd.frontend import KDStreamingFrontend
     from espnet_kd.task import ASRKDTask
 
     model, train_args = ASRKDTask.build_model_from_file(config, model_file, "cpu")
@@ -50,11 +77,7 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
     tokenizer = build_tokenizer(token_type=token_type, bpemodel=bpemodel) if token_type else None
     converter = TokenIDConverter(token_list=model.token_list)
     if args.kd_chunk_streaming:
-        require(isinstance(model.frontend, KDStreamingFrontend) and isinstance(model.encoder, KDChunkedEncoder)
-                and model.normalize is None and model.preencoder is None and model.postencoder is None,
-                "--kd_chunk_streaming true needs frontend kd_streaming + encoder kd_chunked (normalize/pre/post-encoder "
-                "none); for contextual_block encoders use espnet2.bin.asr_inference_streaming")
-        require(model.encoder.net.chunk_size > 0, "--kd_chunk_streaming true: the student has chunk_size=0 (full context)")
+        check_streamable(model, "--kd_chunk_streaming true")
     loader = ASRKDTask.build_streaming_iterator(
         args.data_path_and_name_and_type, dtype=args.dtype, batch_size=1, key_file=args.key_file,
         num_workers=args.num_workers, preprocess_fn=ASRKDTask.build_preprocess_fn(train_args, False),
@@ -66,8 +89,7 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
         for keys, batch in loader:
             speech = batch["speech"].float()
             if args.kd_chunk_streaming:
-                hidden = stream_hidden(model.frontend.net, model.encoder.net, speech[0:1].split(piece, dim=1))
-                enc = hidden[-1]
+                enc = streaming_encoder_output(model, speech[0:1], piece)
             else:
                 enc, _ = model.encode(speech, batch["speech_lengths"])
                 enc = enc[0] if isinstance(enc, tuple) else enc

@@ -21,7 +21,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging.meters import safe_round
 
-from kd_core.distiller import kd_objective
+from kd_core.distiller import kd_context, kd_objective
 from kd_core.errors import require
 from kd_core.losses.lfmmi_graph import cached_den_graph
 from kd_core.losses.registry import KDContext, build_kd_loss, user_options
@@ -80,12 +80,7 @@ class KDCriterion(FairseqCriterion):
         return KD_LOSSES[cls.loss_name]
 
     def context(self, model) -> KDContext:
-        teacher, student = model.teacher, model.student
-        return KDContext(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers,
-                         teacher_shift_ms=teacher.frame_shift_ms, student_dim=student.encoder.d_model,
-                         student_layers=student.encoder.num_layers, student_shift_ms=student.frame_shift_ms,
-                         encoder=student.encoder, den_graph=self.den_graph, teacher_vocab=teacher.vocab_size,
-                         student_vocab=student.ctc.out_features if student.ctc is not None else None)
+        return kd_context(model.teacher, model.student, self.den_graph)
 
     def den_graph(self):
         raise NotImplementedError  # only the LF-MMI criterion has one
@@ -189,7 +184,7 @@ class AuxAPCCriterionConfig(KDCriterionConfig):
     use_aux: bool = field(default=True, metadata={"help": "auxiliary full-context branch per mapped student layer"})
     use_apc: bool = field(default=True, metadata={"help": "APC head predicting the teacher apc_shift frames ahead"})
     share_weights: bool = field(default=False, metadata={"help": "the branch of layer l is layer l itself"})
-    apc_shift: int = field(default=1, metadata={"help": "APC: student frames ahead"})
+    apc_shift: int = field(default=2, metadata={"help": "APC: student frames ahead"})
     aux_weight: float = field(default=1.0, metadata={"help": "weight of the auxiliary-branch loss"})
     apc_weight: float = field(default=1.0, metadata={"help": "weight of the APC loss"})
     l1_weight: float = field(default=1.0, metadata={"help": "L1 term weight"})

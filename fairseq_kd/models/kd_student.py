@@ -196,7 +196,7 @@ class KDStreamingStudentModel(BaseFairseqModel):
         """Initialise from the teacher (``model.init_from_teacher``), then from ``model.init_student``
         (same architecture; chunking may differ)."""
         if self.cfg.init_from_teacher:
-            from kd_core.students.init import init_from_teacher
+            from kd_core.students.init_from_teacher import init_from_teacher
 
             require(self.teacher is not None, "model.init_from_teacher=true needs model.teacher_path")
             init_from_teacher(self.teacher, self.student.frontend, self.student.ctc)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import KDConfigError, require
-from ..streaming import lengths_to_mask
+from ..streaming import frame_rate_ratio, lengths_to_mask
 
 LayerMapSpec = Union[str, Mapping[int, int], Sequence[Sequence[int]]]
 
@@ -144,11 +144,7 @@ class LayerwiseKDLoss(nn.Module):
         self.pairs = parse_layer_map(layer_map, teacher_layers, student_layers)
         require(heads in ("linear", "none"), f"heads={heads!r}: use 'linear' or 'none'")
         require(rate_mode in ("pool", "stack"), f"rate_mode={rate_mode!r}: use 'pool' or 'stack'")
-        big, small = max(teacher_shift_ms, student_shift_ms), min(teacher_shift_ms, student_shift_ms)
-        ratio = big / small
-        require(abs(ratio - round(ratio)) < 1e-6, f"frame shifts teacher={teacher_shift_ms} ms, student={student_shift_ms} ms: "
-                "their ratio must be an integer; change the student's front-end stride")
-        self.ratio = int(round(ratio))
+        self.ratio = frame_rate_ratio(teacher_shift_ms, student_shift_ms, student_coarser=False)
         self.student_coarser = student_shift_ms > teacher_shift_ms
         self.rate_mode = rate_mode
         target_dim = teacher_dim * (self.ratio if (self.student_coarser and rate_mode == "stack") else 1)
@@ -178,5 +174,4 @@ class LayerwiseKDLoss(nn.Module):
             total = loss if total is None else total + loss
             denom = lens.sum() if denom is None else denom
             stats.update({f"kd_{name}_t{t}s{s}": v for name, v in st.items()})
-        stats["kd_layer"] = (total / denom.clamp(min=1)).item()
         return total, denom, stats

@@ -1,5 +1,6 @@
-"""Pure-torch LF-MMI (no k2): batched log-semiring forward over an arc-list graph, and the
-modified LF-MMI prediction-layer distillation loss of DistillW2V2.
+"""Pure-torch LF-MMI (no k2): batched log-semiring forward over an arc-list graph, the modified
+LF-MMI prediction-layer loss of DistillW2V2 (:class:`LFMMIPredictionLoss`) and DistillW2V2's whole
+KD objective, hidden layers + prediction layer (:class:`LFMMIKDLoss`, ``kd_loss: lfmmi``).
 
 Forward recursion, per utterance (``y_t (P,)`` pdf scores, arcs ``e = (s_e, d_e, p_e, w_e)``)::
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import require
-from ..streaming import lengths_to_mask
+from ..streaming import frame_rate_ratio, lengths_to_mask
 from .layerwise import match_frame_rate
 from .lfmmi_graph import Graph, check_topology, num_graph, teacher_1best_sequences
 
@@ -268,7 +269,7 @@ def occupancies(y: torch.Tensor, lengths: torch.Tensor, graph: Graph, leaky_hmm:
     return gamma
 
 
-class LFMMIKDLoss(nn.Module):
+class LFMMIPredictionLoss(nn.Module):
     """Modified LF-MMI prediction-layer distillation (DistillW2V2): ``L_pred = beta * MMI + (1 - beta) * MSE``.
 
     Args:
@@ -300,11 +301,8 @@ class LFMMIKDLoss(nn.Module):
         require(den_graph.topology in ("", topology), f"topology={topology!r} but the denominator graph is "
                 f"{den_graph.topology!r}; build it with cached_den_graph(..., topology={topology!r})")
         require(0.0 <= beta <= 1.0, f"beta={beta}: must be in [0, 1]")
-        ratio = student_shift_ms / teacher_shift_ms
-        require(ratio >= 1 and abs(ratio - round(ratio)) < 1e-6, f"frame shifts teacher={teacher_shift_ms} ms, "
-                f"student={student_shift_ms} ms: the student must be an integer multiple of the teacher")
         self.den_graph, self.numerator, self.beta, self.leaky = den_graph, numerator, beta, leaky_hmm
-        self.ratio = int(round(ratio))
+        self.ratio = frame_rate_ratio(teacher_shift_ms, student_shift_ms)
 
     def forward(self, student_logits: torch.Tensor, student_lengths: torch.Tensor, teacher_logits: torch.Tensor,
                 teacher_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
@@ -347,14 +345,14 @@ class LFMMIKDLoss(nn.Module):
         return out
 
 
-class DistillW2V2Loss(nn.Module):
-    """DistillW2V2's objective: ``L = (1 - alpha) * L_hidden + alpha * L_pred``.
+class LFMMIKDLoss(nn.Module):
+    """``kd_loss: lfmmi``, DistillW2V2's objective: ``L = (1 - alpha) * L_hidden + alpha * L_pred``.
 
     ``L_hidden``: :class:`~.layerwise.LayerwiseKDLoss` (MSE by default: ``l2_weight=1``);
-    ``L_pred``: :class:`LFMMIKDLoss` on the prediction layer (``beta * MMI + (1 - beta) * MSE``).
+    ``L_pred``: :class:`LFMMIPredictionLoss` on the prediction layer (``beta * MMI + (1 - beta) * MSE``).
     Both are per-frame means; the result is returned as ``(L * frames, frames, stats)``. Needs the
     teacher's and the student's prediction-layer logits over the same units (``needs_logits``).
-    ``topology`` (``"ctc"`` / ``"2state"``) is passed to :class:`LFMMIKDLoss`, ``target_norm`` to ``L_hidden``.
+    ``topology`` (``"ctc"`` / ``"2state"``) is passed to :class:`LFMMIPredictionLoss`, ``target_norm`` to ``L_hidden``.
     """
 
     needs_logits = True
@@ -373,7 +371,7 @@ class DistillW2V2Loss(nn.Module):
         self.hidden = LayerwiseKDLoss(teacher_dim, student_dim, layer_map, teacher_layers, student_layers, teacher_shift_ms,
                                       student_shift_ms, l1_weight, l2_weight, cos_weight, heads,
                                       target_norm=target_norm) if alpha < 1 else None
-        self.pred = LFMMIKDLoss(den_graph, numerator, beta, leaky_hmm, teacher_shift_ms, student_shift_ms, topology)
+        self.pred = LFMMIPredictionLoss(den_graph, numerator, beta, leaky_hmm, teacher_shift_ms, student_shift_ms, topology)
 
     def forward(self, teacher_hidden, teacher_lengths, student_hidden, student_lengths, teacher_logits=None,
                 student_logits=None):
@@ -402,9 +400,7 @@ def teacher_den_sequences(teacher, waves: Iterable[torch.Tensor], student_shift_
     """
     from ..data import pad_batch
 
-    ratio = student_shift_ms / teacher.frame_shift_ms
-    require(ratio >= 1 and abs(ratio - round(ratio)) < 1e-6, f"den graph from teacher 1-best: student frame shift "
-            f"{student_shift_ms} ms must be an integer multiple of the teacher's {teacher.frame_shift_ms} ms")
+    frame_rate_ratio(teacher.frame_shift_ms, student_shift_ms)
     out: List[List[int]] = []
     batch: List[torch.Tensor] = []
     for wav in list(waves) + [None]:

@@ -16,10 +16,10 @@ from torch import nn
 from ..errors import require
 from .aux_apc import AuxAPCKDLoss
 from .layerwise import LayerwiseKDLoss
-from .lfmmi import DistillW2V2Loss
+from .lfmmi import LFMMIKDLoss
 
 #: ``--kd_loss`` names (ESPnet) / the loss behind each fairseq KD criterion.
-KD_LOSSES: Dict[str, type] = {"layerwise": LayerwiseKDLoss, "aux_apc": AuxAPCKDLoss, "lfmmi": DistillW2V2Loss}
+KD_LOSSES: Dict[str, type] = {"layerwise": LayerwiseKDLoss, "aux_apc": AuxAPCKDLoss, "lfmmi": LFMMIKDLoss}
 
 #: Loss arguments derived from the teacher and the student (never in a user config).
 DERIVED_KD_ARGS = ("teacher_dim", "student_dim", "teacher_layers", "student_layers", "teacher_shift_ms",

@@ -7,7 +7,7 @@ exact with a sample buffer (:class:`SampleBuffer`).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
@@ -127,14 +127,3 @@ class SampleBuffer:
         ready = self.buf[:, : (frames - 1) * self.stride + self.rf]
         self.buf = self.buf[:, frames * self.stride :]
         return ready
-
-
-def frontend_frames(frontend: nn.Module, chunks: List[torch.Tensor]) -> torch.Tensor:
-    """Run ``frontend`` incrementally over waveform ``chunks`` (each ``(1, n)``); returns ``(1, T, C)``."""
-    buf = SampleBuffer(frontend.receptive_field, frontend.stride)
-    outs = []
-    for c in chunks:
-        ready = buf.push(c)
-        if ready.size(1):
-            outs.append(frontend(ready, torch.tensor([ready.size(1)]))[0])
-    return torch.cat(outs, dim=1) if outs else torch.zeros(1, 0, frontend.output_dim)

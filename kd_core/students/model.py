@@ -1,9 +1,10 @@
 """Streaming student: front-end + :class:`ChunkedEncoder` + optional CTC head, and its factories."""
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
-from typing import Iterable, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -73,25 +74,38 @@ class StreamingStudent(nn.Module):
 
 
 @torch.no_grad()
-def stream_hidden(frontend: nn.Module, encoder: ChunkedEncoder, pieces: Iterable[torch.Tensor]) -> List[torch.Tensor]:
-    """Run a valid-convolution ``frontend`` and a :class:`ChunkedEncoder` chunk by chunk.
+def stream_steps(frontend: nn.Module, encoder: ChunkedEncoder, pieces: Iterable[torch.Tensor],
+                 frame_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Iterator[List[torch.Tensor]]:
+    """The chunk-by-chunk loop: a valid-convolution ``frontend`` and a :class:`ChunkedEncoder` fed
+    successive ``(1, n)`` waveform pieces of any size. ``frame_transform`` maps front-end frames
+    ``(1, t, C)`` before the encoder; it must act on each frame alone (e.g. a global mean/variance
+    normalisation), which keeps streaming exact.
 
-    ``pieces``: successive ``(1, n)`` waveform pieces of any size. Returns the ``L + 1``
-    hidden states ``(1, T, D)``, equal to the full forward under the chunk mask. Used by
-    :meth:`StreamingStudent.stream` and by the toolkit adapters' streaming decoders.
+    Yields, per piece and once more at the end (the flush), the ``L + 1`` hidden states ``(1, t, D)``
+    that became ready (``t`` may be 0). Their concatenation equals the full forward under the chunk
+    mask (:func:`stream_hidden`); timing each step measures the per-call compute latency.
     """
     buf = SampleBuffer(frontend.receptive_field, frontend.stride)
     state = encoder.init_state()
-    outs: List[List[torch.Tensor]] = []
-    for piece in list(pieces) + [None]:
+    for piece in itertools.chain(pieces, [None]):
         final = piece is None
         ready = buf.push(piece) if not final else buf.buf[:, :0]
         if ready.size(1):
             feats, _ = frontend(ready, torch.tensor([ready.size(1)]))
+            feats = frame_transform(feats) if frame_transform is not None and feats.size(1) else feats
         else:
             feats = torch.zeros(1, 0, frontend.output_dim)
         hid, state = encoder.stream_step(feats, state, final=final)
-        outs.append(hid)
+        yield hid
+
+
+@torch.no_grad()
+def stream_hidden(frontend: nn.Module, encoder: ChunkedEncoder, pieces: Iterable[torch.Tensor],
+                  frame_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> List[torch.Tensor]:
+    """All of :func:`stream_steps`: the ``L + 1`` hidden states ``(1, T, D)``, equal to the full forward
+    under the chunk mask. Used by :meth:`StreamingStudent.stream` and the toolkit adapters' streaming decoders.
+    """
+    outs = list(stream_steps(frontend, encoder, pieces, frame_transform))
     return [torch.cat([o[k] for o in outs], dim=1) for k in range(len(outs[0]))]
 
 

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from kd_core.errors import KDConfigError
 from kd_core.losses import lfmmi
-from kd_core.losses.lfmmi import DistillW2V2Loss, LFMMIKDLoss, graph_forward, graph_forward_occupancy, occupancies
+from kd_core.losses.lfmmi import LFMMIKDLoss, LFMMIPredictionLoss, graph_forward, graph_forward_occupancy, occupancies
 from kd_core.losses.lfmmi_graph import (Graph, bigram_logprobs, cached_den_graph, ctc_bigram_den_graph, ctc_num_graph,
                                         den_graph, num_graph, teacher_1best_sequences, two_state_bigram_den_graph,
                                         two_state_num_graph)
@@ -118,7 +118,7 @@ def test_soft_kd_gradient_is_den_minus_teacher_occupancy():
     s_logits = torch.randn(2, 6, 4, dtype=torch.double, requires_grad=True)
     t_logits = torch.randn(2, 6, 4, dtype=torch.double)
     lens = torch.tensor([6, 4])
-    loss = LFMMIKDLoss(den, "soft", beta=1.0, teacher_shift_ms=40, student_shift_ms=40)
+    loss = LFMMIPredictionLoss(den, "soft", beta=1.0, teacher_shift_ms=40, student_shift_ms=40)
     total, denom, _ = loss(s_logits.float().double(), lens, t_logits, lens)
     y = s_logits.log_softmax(-1)
     expected = (occupancies(y.float(), lens, den) - occupancies(t_logits.float().log_softmax(-1), lens, den))
@@ -135,7 +135,7 @@ def test_kd_loss_batch_is_sum_of_utterances_and_teacher_pooled(numerator, topolo
     torch.manual_seed(2)
     s, t = torch.randn(2, 5, 4), torch.randn(2, 10, 4)
     s_len, t_len = torch.tensor([5, 3]), torch.tensor([10, 6])
-    loss = LFMMIKDLoss(den, numerator, beta=0.8, topology=topology)
+    loss = LFMMIPredictionLoss(den, numerator, beta=0.8, topology=topology)
     total, denom, stats = loss(s, s_len, t, t_len)
     parts = [loss(s[i : i + 1, : s_len[i]], s_len[i : i + 1], t[i : i + 1, : t_len[i]], t_len[i : i + 1]) for i in range(2)]
     assert torch.allclose(total, sum(p[0] for p in parts), atol=1e-4) and int(denom) == 8
@@ -145,9 +145,9 @@ def test_kd_loss_batch_is_sum_of_utterances_and_teacher_pooled(numerator, topolo
 def test_bad_options():
     den = ctc_bigram_den_graph(bigram_logprobs([[1]], 2))
     with pytest.raises(KDConfigError, match="numerator"):
-        LFMMIKDLoss(den, "medium")
-    with pytest.raises(KDConfigError, match="integer multiple"):
-        LFMMIKDLoss(den, teacher_shift_ms=30, student_shift_ms=40)
+        LFMMIPredictionLoss(den, "medium")
+    with pytest.raises(KDConfigError, match="must be an integer multiple of the teacher"):
+        LFMMIPredictionLoss(den, teacher_shift_ms=30, student_shift_ms=40)
 
 
 # --- 2state topology, teacher 1-best, topology options ---------------------------------------------
@@ -372,7 +372,7 @@ def test_teacher_1best_sequences_on_hand_made_logits():
 
 def test_distill_loss_passes_topology():
     den = cached_den_graph([[1, 2, 3]], 4, topology="2state")
-    loss = DistillW2V2Loss(8, 8, 2, 2, den, alpha=1.0, numerator="hard", topology="2state")
+    loss = LFMMIKDLoss(8, 8, 2, 2, den, alpha=1.0, numerator="hard", topology="2state")
     assert loss.pred.topology == "2state"
     torch.manual_seed(3)
     total, frames, stats = loss(None, torch.tensor([10]), None, torch.tensor([5]), torch.randn(1, 10, 4),
@@ -382,13 +382,13 @@ def test_distill_loss_passes_topology():
 
 def test_unknown_or_mismatched_topology():
     den = cached_den_graph([[1, 2]], 3)
-    for call in (lambda: cached_den_graph([[1, 2]], 3, topology="hmm"), lambda: LFMMIKDLoss(den, topology="3state"),
+    for call in (lambda: cached_den_graph([[1, 2]], 3, topology="hmm"), lambda: LFMMIPredictionLoss(den, topology="3state"),
                  lambda: teacher_1best_sequences(torch.zeros(1, 2, 3), torch.tensor([2]), "CTC"),
-                 lambda: DistillW2V2Loss(8, 8, 2, 2, den, alpha=1.0, topology="hmm"), lambda: num_graph([1], "x")):
+                 lambda: LFMMIKDLoss(8, 8, 2, 2, den, alpha=1.0, topology="hmm"), lambda: num_graph([1], "x")):
         with pytest.raises(KDConfigError, match="topology=.*'ctc', '2state'"):
             call()
     with pytest.raises(KDConfigError, match="denominator graph is 'ctc'"):
-        LFMMIKDLoss(den, topology="2state")
+        LFMMIPredictionLoss(den, topology="2state")
 
 
 @pytest.mark.parametrize("leaky", [0.0, 1e-3])
@@ -416,7 +416,7 @@ def test_soft_kd_pools_the_teacher_before_its_occupancies():
     s_logits = torch.randn(2, 6, 4, dtype=torch.double, requires_grad=True)
     t_logits = torch.randn(2, 12, 4, dtype=torch.double)
     s_len, t_len = torch.tensor([6, 4]), torch.tensor([12, 9])
-    total, _, _ = LFMMIKDLoss(den, "soft", beta=1.0, teacher_shift_ms=20, student_shift_ms=40)(s_logits, s_len, t_logits, t_len)
+    total, _, _ = LFMMIPredictionLoss(den, "soft", beta=1.0, teacher_shift_ms=20, student_shift_ms=40)(s_logits, s_len, t_logits, t_len)
     lens = torch.tensor([6, 4])
     pooled = t_logits.log_softmax(-1)[:, :12].reshape(2, 6, 2, 4).exp().mean(2).log()
     y = s_logits.log_softmax(-1)
@@ -438,7 +438,7 @@ def test_a_peaky_finer_teacher_teaches_its_tokens_not_blanks(numerator):
     for t, k in ((1, 1), (5, 2), (9, 3)):  # spikes on single 20 ms frames (p ~ 0.87)
         t_logits[0, t] = 0.0
         t_logits[0, t, k] = 3.0
-    loss = LFMMIKDLoss(den, numerator, beta=1.0, teacher_shift_ms=20, student_shift_ms=40)
+    loss = LFMMIPredictionLoss(den, numerator, beta=1.0, teacher_shift_ms=20, student_shift_ms=40)
     blank = torch.full((1, 6, 4), -8.0)
     blank[0, :, 0] = 8.0
     lens, t_len = torch.tensor([6]), torch.tensor([12])

@@ -69,9 +69,17 @@ def test_stack_and_pool():
 
 
 def test_faster_student_is_pooled():
-    loss = _loss(teacher_shift_ms=40, student_shift_ms=20)
-    s, d, _ = loss(_rand_hidden(4, 1, 5, 12, 1), torch.tensor([5]), _rand_hidden(2, 1, 10, 8, 2), torch.tensor([10]))
-    assert int(d) == 5 and torch.isfinite(s)
+    """A student twice as fast as the teacher: pairs of its (projected) frames are averaged, then compared;
+    an odd last frame and frames beyond the shorter side do not count."""
+    from kd_core.losses.layerwise import masked_layer_loss
+
+    loss = _loss(teacher_shift_ms=40, student_shift_ms=20, teacher_dim=8, heads="none")
+    th, sh = _rand_hidden(4, 1, 5, 8, 1), _rand_hidden(2, 1, 10, 8, 2)
+    s, d, _ = loss(th, torch.tensor([5]), sh, torch.tensor([9]))  # 9 student frames -> 4 pooled
+    expected = sum(masked_layer_loss(sh[si][:, :8].reshape(1, 4, 2, 8).mean(2), th[ti][:, :4], torch.ones(1, 4, dtype=torch.bool),
+                                     1.0, 0.5, 1.0)[0] for ti, si in [(2, 1), (4, 2)])
+    assert int(d) == 4
+    torch.testing.assert_close(s, expected)
 
 
 def test_gradients_reach_student_and_heads_only():
@@ -99,7 +107,7 @@ def test_parse_forms_agree():
 def test_dimension_mismatch_without_heads():
     with pytest.raises(KDConfigError, match="heads=none: student dim 8 != teacher target dim 12"):
         _loss(heads="none")
-    with pytest.raises(KDConfigError, match="ratio must be an integer"):
+    with pytest.raises(KDConfigError, match="student=30 ms: the student.s must be an integer multiple or fraction"):
         _loss(teacher_shift_ms=20, student_shift_ms=30)
 
 

@@ -1,8 +1,10 @@
 """Chunk masks, latency arithmetic and exact chunk-by-chunk streaming of the student."""
 import math
+import random
 
 import pytest
 import torch
+from float_noise import assert_float_noise_close
 
 from kd_core.errors import KDConfigError
 from kd_core.streaming import algorithmic_latency_ms, chunk_attention_mask, frames_to_ms, ms_to_frames
@@ -57,9 +59,9 @@ def test_streaming_equals_masked_full_forward(frontend, block_type, left, right)
     full = model(wav, torch.tensor([wav.size(1)]))
     streamed = model.stream(_pieces(wav, seed=1))
     assert streamed.hidden[-1].shape == full.hidden[-1].shape
-    for a, b in zip(full.hidden, streamed.hidden):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-    torch.testing.assert_close(streamed.logits, full.logits, atol=1e-5, rtol=0)
+    for k, (a, b) in enumerate(zip(full.hidden + [full.logits], streamed.hidden + [streamed.logits])):
+        assert b.shape == a.shape
+        assert_float_noise_close(b, a, width=128, depth=16, what=f"output {k}")  # student_tiny: FFN 128, ~16 reductions deep
 
 
 def test_chunk_mask_limits_context():
@@ -108,10 +110,12 @@ def test_sample_buffer_reproduces_valid_conv():
 
 
 def test_dynamic_chunk_only_in_training():
-    torch.manual_seed(0)
+    random.seed(0)
     model = student_tiny(chunk_size=2, dynamic_chunk=True)
-    assert model.encoder._chunk() == 2 or model.training
     model.eval()
     assert {model.encoder._chunk() for _ in range(50)} == {2}
     model.train()
-    assert len({model.encoder._chunk() for _ in range(200)}) > 2
+    drawn = [model.encoder._chunk() for _ in range(400)]
+    assert set(drawn) == {1, 2, 3, 4}  # random chunk sizes 1..2*chunk_size ...
+    assert 0.6 < drawn.count(2) / len(drawn) < 0.75  # ... on half of the batches (else 2): expected 0.5 + 0.5/4
+    assert {student_tiny(chunk_size=2).train().encoder._chunk() for _ in range(50)} == {2}  # off unless asked

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
 
 
 def run_espnet(module, *args, cwd, check=True, env_extra=None):
@@ -22,7 +21,7 @@ def run_espnet(module, *args, cwd, check=True, env_extra=None):
 @pytest.fixture(scope="session")
 def espnet_data(tmp_path_factory):
     """``{root, common_args, train_args}``: dump dirs, a char token list and ESPnet shape files."""
-    from make_corpus import make_synthetic_corpus
+    from tools.make_corpus import make_synthetic_corpus
 
     root = tmp_path_factory.mktemp("espnet_data")
     make_synthetic_corpus(root / "corpus", seed=3, num_train=12, num_valid=4, num_test=4, jobs=2)

@@ -109,7 +109,19 @@ def test_kd_from_zoo_teacher_into_stock_encoder_decodes_without_our_package(espn
     env = {**os.environ, "ESPNET_KD_NO_ALIASES": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-c", blocker, *map(str, args)], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len((tmp_path / "stock/1best_recog/text").read_text().splitlines()) == 4
+    stock_text = (tmp_path / "stock/1best_recog/text").read_text()
+    assert len(stock_text.splitlines()) == 4
+    # stock streaming decoding of the exported student (ESPnet's own block-streaming decoder)
+    stream = [a if a != tmp_path / "stock" else tmp_path / "stock_stream" for a in args]
+    proc = subprocess.run([sys.executable, "-c", blocker.replace("asr_inference import", "asr_inference_streaming import"),
+                           *map(str, stream)], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len((tmp_path / "stock_stream/1best_recog/text").read_text().splitlines()) == 4
+    # asr_kd_inference on the *training* config exports on the fly and hands the stock student to ESPnet's decoder
+    run_espnet("espnet2.bin.asr_kd_inference", "--data_path_and_name_and_type", f"{espnet_data['root']}/dump/test/wav.scp,speech,sound",
+               "--asr_train_config", out / "config.yaml", "--asr_model_file", out / "valid.loss.best.pth", "--beam_size", "1",
+               "--ctc_weight", "1.0", "--output_dir", tmp_path / "kd_inf", cwd=tmp_path)
+    assert (tmp_path / "kd_inf/1best_recog/text").read_text() == stock_text
     # packs with ESPnet's own tool and unpacks offline with espnet_model_zoo
     run_espnet("espnet2.bin.pack", "asr", "--asr_train_config", tmp_path / "export/config.yaml", "--asr_model_file",
                tmp_path / "export/model.pth", "--outpath", tmp_path / "student.zip", cwd=tmp_path)
@@ -126,6 +138,8 @@ def test_kd_from_zoo_teacher_into_stock_encoder_decodes_without_our_package(espn
     (["--kd_loss_conf", "layer_map=1:7"], "quote the map"),
     (["--kd_loss", "aux_apc", "--kd_loss_conf", "heads=linear"], "not an option of kd_loss aux_apc"),
     (["--kd_loss_conf", "layer_map='9:1'"], "teacher layer 9 out of range"),
+    (["--frontend_conf", "fs=8000"], "--frontend_conf fs=8000, but the teacher expects 16000 Hz"),
+    (["--frontend_conf", "hop_ms=7.5"], "frame shifts teacher=20 ms, student=30"),  # 30 ms, measured from output lengths
 ])
 def test_bad_input_fails_before_training_with_one_line(espnet_data, tiny_teachers, tmp_path, extra, needle):
     kd = ["--teacher_type", "fairseq", "--teacher_path", tiny_teachers["fairseq_hubert"], "--kd_loss_conf", "layer_map='1:1'"]

@@ -1,18 +1,15 @@
 """Tiny fairseq manifests (synthetic corpus) shared by the fairseq plugin tests."""
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 
 @pytest.fixture(scope="session")
 def fairseq_data(tmp_path_factory, tiny_teachers):
     """``{"letters": manifest dir (dictionary from the corpus), "ctc": same audio with the tiny
     wav2vec2-CTC teacher's dictionary (LF-MMI needs one token list), "corpus": corpus root}``."""
-    from make_corpus import make_synthetic_corpus
+    from tools.make_corpus import make_synthetic_corpus
 
     root = tmp_path_factory.mktemp("fairseq_data")
     make_synthetic_corpus(root / "corpus", seed=5, num_train=12, num_valid=4, num_test=4, jobs=2)

@@ -107,3 +107,29 @@ def test_espnet_zoo_teacher(fairseq_data, tiny_teachers, tmp_path):
                     "optimization.max_epoch=1", save_dir=tmp_path / "exp", cwd=tmp_path)
     assert "2 layers x 64, 40 ms frames" in p.stdout and "kd_l1_t1s1" in p.stdout  # ESPnet conformer, conv2d x4
     assert (tmp_path / "exp" / "checkpoint_last.pt").exists()
+
+
+def test_scratch_and_lfmmi_overrides_alone_and_init_from_teacher(fairseq_data, tiny_teachers, tmp_path):
+    """``+method=scratch`` trains without any teacher; ``+method=lfmmi`` alone (transcript den graph) with
+    ``model.init_from_teacher=true`` starts the wav_cnn student from the CTC teacher's CNN and head."""
+    import torch
+
+    from kd_core.teachers import load_teacher
+
+    p = hydra_train("+method=scratch", f"task.data={fairseq_data['letters']}", "optimization.max_epoch=1",
+                    save_dir=tmp_path / "scratch", cwd=tmp_path)
+    assert "kd_weight=0 ctc_weight=1, KD loss None" in p.stdout and "kd_l1" not in p.stdout
+    assert (tmp_path / "scratch" / "checkpoint_last.pt").exists()
+
+    ctc = tiny_teachers["fairseq_w2v2_ctc"]
+    p = hydra_train("+method=lfmmi", f"task.data={fairseq_data['ctc']}", f"model.teacher_path={ctc}",
+                    "model.frontend=wav_cnn", "model.conv_feature_layers='[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2'",
+                    "model.d_model=64", "model.init_from_teacher=true", "optimization.lr=[1e-9]", "optimization.max_epoch=1",
+                    f"criterion.den_graph_dir={tmp_path / 'den'}", save_dir=tmp_path / "lfmmi", cwd=tmp_path)
+    assert "LFMMIKDLoss" in p.stdout and "lfmmi_mse" in p.stdout
+    assert len(list((tmp_path / "den").glob("den_ctc_bigram_*.pt"))) == 1  # from the training transcripts
+    model = _state(tmp_path / "lfmmi" / "checkpoint_last.pt")["model"]
+    teacher = load_teacher("fairseq", str(ctc))
+    first_conv = teacher.conv_blocks()[0][0].weight
+    assert (model["student.frontend.convs.0.weight"].float() - first_conv).abs().max() < 1e-6  # lr 1e-9: still the teacher's
+    assert (model["student.ctc.weight"].float() - teacher.prediction_layer().weight).abs().max() < 1e-6

@@ -15,8 +15,7 @@ TINY_MODEL = ["model.encoder_layers=2", "model.encoder_embed_dim=64", "model.enc
 
 
 def test_zoo_pipeline_pretrain_finetune_pack_load(fairseq_data, tmp_path):
-    import build_zoo
-    import zoo_eval
+    from tools import build_zoo, zoo_eval
     from fairseq import checkpoint_utils
     from fairseq.models.hubert.hubert_asr import HubertCtc
 

@@ -6,14 +6,15 @@ num_train=600; num_valid=60; num_test=100; text_source=wordnet; fsdd_dir=${KD_RO
 python=python3; nj=2
 . ./local/parse_options.sh "$@"
 
-tools=${KD_ROOT:-../../..}/tools
-"$python" "$tools/make_corpus.py" synth --out data/local/synth --seed 0 --num-train "$num_train" \
+root=$(cd "${KD_ROOT:-../../..}" && pwd)
+corpus() { (cd "$root" && "$python" -m tools.make_corpus "$@"); }  # the repository's tools package
+corpus synth --out "$PWD/data/local/synth" --seed 0 --num-train "$num_train" \
     --num-valid "$num_valid" --num-test "$num_test" --text-source "$text_source" --jobs "$nj"
 for s in train valid; do mkdir -p data/$s && cp data/local/synth/kaldi/$s/{wav.scp,text,utt2spk,spk2utt} data/$s/; done
 mkdir -p data/test_synth && cp data/local/synth/kaldi/test/{wav.scp,text,utt2spk,spk2utt} data/test_synth/
 if [ -d "$fsdd_dir/recordings" ]; then
     opt=(); [ "$fsdd_max" -gt 0 ] && opt=(--max-per-split "$fsdd_max")
-    "$python" "$tools/make_corpus.py" fsdd --fsdd-dir "$fsdd_dir" --out data/local/fsdd --jobs "$nj" "${opt[@]}"
+    corpus fsdd --fsdd-dir "$(cd "$fsdd_dir" && pwd)" --out "$PWD/data/local/fsdd" --jobs "$nj" "${opt[@]}"
     mkdir -p data/test_fsdd && cp data/local/fsdd/kaldi/test/{wav.scp,text,utt2spk,spk2utt} data/test_fsdd/
 else
     echo "local/data.sh: $fsdd_dir/recordings not found; skipping the FSDD test set (pass --fsdd_dir)" >&2

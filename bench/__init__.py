@@ -1,0 +1,1 @@
+"""Teacher-vs-students benchmark (``bench/run.sh`` = ``python -m bench.run_bench`` from the repo root)."""
