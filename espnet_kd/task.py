@@ -27,6 +27,7 @@ from espnet2.utils.types import str2bool, str_or_none
 from kd_core.errors import require
 from kd_core.losses.layerwise import parse_layer_map
 from kd_core.losses.lfmmi_graph import cached_den_graph
+from kd_core.distiller import teacher_codebook
 from kd_core.losses.registry import DERIVED_KD_ARGS, KD_LOSSES, KDContext, build_kd_loss
 from kd_core.streaming import measure_frame_shift_ms
 from kd_core.teachers import TEACHER_TYPES, load_teacher
@@ -235,7 +236,8 @@ class ASRKDTask(ASRTask):
                                                                                conf.get("topology", "ctc")),
                                                            len(args.token_list), os.path.join(args.output_dir, "den_graph"),
                                                            topology=conf.get("topology", "ctc")),
-                        teacher_vocab=teacher.vocab_size, student_vocab=len(args.token_list))
+                        teacher_vocab=teacher.vocab_size, student_vocab=len(args.token_list),
+                        codebook=teacher_codebook(teacher, "--teacher_path"))
         kd_loss = build_kd_loss(args.kd_loss, conf, ctx, option="--kd_loss_conf")
         if getattr(args, "teacher_cache_dir", None):
             from kd_core.cache import cached_teacher_for_loss

@@ -29,18 +29,32 @@ def ctc_loss_sum(logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Ten
     return loss, torch.tensor(float(logits.size(0)))
 
 
-def kd_context(teacher, student: StreamingStudent, den_graph: Optional[Callable[[], object]] = None) -> KDContext:
+def kd_context(teacher, student: StreamingStudent, den_graph: Optional[Callable[[], object]] = None,
+               codebook_option: str = "teacher_path") -> KDContext:
     """The :class:`KDContext` of a teacher and a core student, for :func:`build_kd_loss`.
 
     ``teacher``: anything with the :class:`Teacher` attributes (a loaded teacher, a
     :class:`~kd_core.cache.CachedTeacher`, a :class:`~kd_core.teachers.student_teacher.StudentTeacher`).
-    ``den_graph``: called only by losses that take a denominator graph (LF-MMI).
+    ``den_graph``: called only by losses that take a denominator graph (LF-MMI); ``codebook_option``: the
+    option named when a loss needs a HuBERT codebook the teacher lacks.
     """
     return KDContext(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers,
                      teacher_shift_ms=teacher.frame_shift_ms, student_dim=student.encoder.d_model,
                      student_layers=student.encoder.num_layers, student_shift_ms=student.frame_shift_ms,
                      encoder=student.encoder, den_graph=den_graph, teacher_vocab=teacher.vocab_size,
-                     student_vocab=student.ctc.out_features if student.ctc is not None else None)
+                     student_vocab=student.ctc.out_features if student.ctc is not None else None,
+                     codebook=teacher_codebook(teacher, codebook_option))
+
+
+def teacher_codebook(teacher, option: str) -> Callable[[], object]:
+    """``() -> HubertCodebook`` of ``teacher`` (a cached teacher: of the model behind it), refused with one line
+    naming ``option`` when the teacher has none (fine-tuned checkpoints, other model families)."""
+    def get():
+        model = getattr(teacher, "teacher", None) if not hasattr(teacher, "codebook") else teacher
+        require(model is not None, f"{option}: kd_loss hubert_disc reads the teacher model's codebook; a cache in "
+                "read mode has no model: use fill mode (or the online teacher)")
+        return model.codebook(option)
+    return get
 
 
 class Distiller(nn.Module):

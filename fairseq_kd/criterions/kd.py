@@ -80,7 +80,7 @@ class KDCriterion(FairseqCriterion):
         return KD_LOSSES[cls.loss_name]
 
     def context(self, model) -> KDContext:
-        return kd_context(model.teacher, model.student, self.den_graph)
+        return kd_context(model.teacher, model.student, self.den_graph, codebook_option="model.teacher_path")
 
     def den_graph(self):
         raise NotImplementedError  # only the LF-MMI criterion has one
@@ -258,3 +258,27 @@ class LFMMIKDCriterion(KDCriterion):
         logger.info("denominator graph: decoding %d utterances of %s with the teacher", len(utts), cfg.den_graph_split)
         waves = (load_audio(path, self.task.cfg.sample_rate) for _, path in utts)
         return teacher_den_sequences(model.teacher, waves, model.student.frame_shift_ms, _plain(cfg.topology))
+
+
+# ---- HuBERT discriminative (codeword) KD on top of layer regression ------------------------------------
+@dataclass
+class HubertDiscCriterionConfig(KDCriterionConfig):
+    layer_map: str = field(default="auto", metadata={"help": "teacher:student pairs of the regression (the last student "
+                                                             "layer of the map also feeds the codeword head) or 'auto'"})
+    disc_weight: float = field(default=1.0, metadata={"help": "weight of KL(p_T || p_S) over the teacher's codebook"})
+    l1_weight: float = field(default=1.0, metadata={"help": "L1 term weight"})
+    l2_weight: float = field(default=0.0, metadata={"help": "L2 (MSE) term weight"})
+    cos_weight: float = field(default=1.0, metadata={"help": "-log sigmoid(cosine) term weight"})
+    heads: ChoiceEnum(["linear", "none"]) = field(default="linear", metadata={"help": "projection heads per pair"})
+    rate_mode: ChoiceEnum(["pool", "stack"]) = field(default="pool", metadata={
+        "help": "how teacher frames (20 ms) meet the student's (40 ms): average or concatenate"})
+    target_norm: bool = field(default=False, metadata={
+        "help": "layer-normalise each teacher frame before the hidden-layer loss (pre-LN teachers)"})
+
+
+@register_criterion("kd_hubert_disc", dataclass=HubertDiscCriterionConfig)
+class HubertDiscKDCriterion(KDCriterion):
+    """Layer regression + KL over a pre-trained HuBERT teacher's own codebook (model.teacher_path)."""
+
+    loss_name = "hubert_disc"
+    config_class = HubertDiscCriterionConfig

@@ -92,6 +92,8 @@ class HubertDiscKDLoss(nn.Module):
         require(disc_weight >= 0, f"disc_weight={disc_weight}: must be >= 0")
         self.disc_weight = float(disc_weight)
         self.student_layer = max(s for _, s in self.pairs)
+        #: the teacher's last layer feeds p_T: read by the loss besides the regression pairs (teacher-target caches)
+        self.extra_teacher_layers = (teacher_layers,)
         self.disc_proj = nn.Linear(student_dim, codebook.dim)
         self.register_buffer("proj_weight", codebook.proj_weight.detach().float().clone(), persistent=False)
         self.register_buffer("proj_bias", codebook.proj_bias.detach().float().clone(), persistent=False)
@@ -108,7 +110,7 @@ class HubertDiscKDLoss(nn.Module):
                 codebook_lengths: Optional[torch.Tensor] = None):
         total, denom, stats = self.regression(teacher_hidden, teacher_lengths, student_hidden, student_lengths)
         if codebook_hidden is None:
-            codebook_hidden, codebook_lengths = teacher_hidden[-1], teacher_lengths
+            codebook_hidden, codebook_lengths = teacher_hidden[self.extra_teacher_layers[0]], teacher_lengths
         with torch.no_grad():
             lp_t, t_len = self.log_probs(codebook_hidden), codebook_lengths
         lp_s, s_len = self.log_probs(self.disc_proj(student_hidden[self.student_layer])), student_lengths

@@ -15,15 +15,17 @@ from torch import nn
 
 from ..errors import require
 from .aux_apc import AuxAPCKDLoss
+from .hubert_disc import HubertDiscKDLoss
 from .layerwise import LayerwiseKDLoss
 from .lfmmi import LFMMIKDLoss
 
 #: ``--kd_loss`` names (ESPnet) / the loss behind each fairseq KD criterion.
-KD_LOSSES: Dict[str, type] = {"layerwise": LayerwiseKDLoss, "aux_apc": AuxAPCKDLoss, "lfmmi": LFMMIKDLoss}
+KD_LOSSES: Dict[str, type] = {"layerwise": LayerwiseKDLoss, "aux_apc": AuxAPCKDLoss, "lfmmi": LFMMIKDLoss,
+                               "hubert_disc": HubertDiscKDLoss}
 
 #: Loss arguments derived from the teacher and the student (never in a user config).
 DERIVED_KD_ARGS = ("teacher_dim", "student_dim", "teacher_layers", "student_layers", "teacher_shift_ms",
-                   "student_shift_ms", "encoder", "den_graph")
+                   "student_shift_ms", "encoder", "den_graph", "codebook")
 
 
 @dataclass
@@ -32,7 +34,8 @@ class KDContext:
 
     ``encoder``: the student's :class:`~kd_core.students.encoder.ChunkedEncoder` (``None`` when the
     student is another encoder); ``den_graph``: called only by losses that take a denominator graph;
-    ``teacher_vocab``/``student_vocab``: prediction-layer sizes (``None``: no CTC head).
+    ``teacher_vocab``/``student_vocab``: prediction-layer sizes (``None``: no CTC head); ``codebook``: called
+    only by losses that take the teacher's HuBERT codebook (:meth:`~kd_core.teachers.base.Teacher.codebook`).
     """
 
     teacher_dim: int
@@ -45,6 +48,7 @@ class KDContext:
     den_graph: Optional[Callable[[], object]] = None
     teacher_vocab: Optional[int] = None
     student_vocab: Optional[int] = None
+    codebook: Optional[Callable[[], object]] = None
 
 
 def user_options(loss_class: type) -> Dict[str, inspect.Parameter]:
@@ -55,7 +59,8 @@ def user_options(loss_class: type) -> Dict[str, inspect.Parameter]:
 def teacher_layers_used(loss: nn.Module) -> List[int]:
     """Teacher layers a built KD loss reads (the teacher side of every ``pairs`` in it), sorted; what a
     teacher-target cache must store for it (plus logits when :func:`needs_logits`)."""
-    return sorted({t for m in loss.modules() for t, _ in getattr(m, "pairs", [])})
+    return sorted({t for m in loss.modules() for t, _ in getattr(m, "pairs", [])}
+                  | {t for m in loss.modules() for t in getattr(m, "extra_teacher_layers", ())})
 
 
 def needs_logits(loss: nn.Module) -> bool:
@@ -93,6 +98,10 @@ def build_kd_loss(name: str, conf: Mapping, ctx: KDContext, option: str = "kd_lo
                 f"{ctx.student_vocab}; use a CTC teacher trained on the same token list")
         require(ctx.den_graph is not None, f"kd_loss {name}: no denominator graph source (training transcripts) given")
         derived["den_graph"] = ctx.den_graph()
+    if "codebook" in params:
+        require(ctx.codebook is not None, f"kd_loss {name}: needs the teacher's HuBERT codebook; use a pre-trained "
+                "fairseq HuBERT checkpoint as the teacher")
+        derived["codebook"] = ctx.codebook()
     return cls(**{k: v for k, v in derived.items() if k in params}, **conf)
 
 

@@ -90,11 +90,19 @@ def ctc_teacher(tiny_teachers):
     return load_teacher("fairseq", str(tiny_teachers["fairseq_w2v2_ctc"]))
 
 
+@pytest.fixture(scope="module")
+def hubert_teacher(tiny_teachers):
+    return load_teacher("fairseq", str(tiny_teachers["fairseq_hubert"]))
+
+
 @pytest.mark.parametrize("name", sorted(KD_LOSSES))
-def test_distiller_takes_every_registered_loss(ctc_teacher, name):
+def test_distiller_takes_every_registered_loss(ctc_teacher, hubert_teacher, name):
     """The README's core in five lines works with any --kd_loss: the loss is built by the registry (method
-    defaults from the loss class), gets the logits it needs, and its own parameters receive gradients."""
-    v = ctc_teacher.vocab_size
+    defaults from the loss class), gets the logits it needs, and its own parameters receive gradients.
+    (hubert_disc distils a pre-trained HuBERT: its codebook; the others a CTC teacher.)"""
+    if name == "hubert_disc":
+        ctc_teacher = hubert_teacher
+    v = ctc_teacher.vocab_size or 9
     torch.manual_seed(0)
     student = student_tiny(num_layers=2, chunk_size=3, vocab_size=v)
     den = lambda: cached_den_graph([[1, 2, 3], [3, 4], [2, 2, 5]], v)  # noqa: E731
@@ -102,7 +110,7 @@ def test_distiller_takes_every_registered_loss(ctc_teacher, name):
     assert type(dist.kd) is KD_LOSSES[name]
     s, d, stats = dist(WAV, LENS, Y, YL)
     assert int(d) == 3 and torch.isfinite(s)
-    expected_keys = {"layerwise": "kd_l1_t1s1", "aux_apc": "aux_l1_t1s1", "lfmmi": "lfmmi"}[name]
+    expected_keys = {"layerwise": "kd_l1_t1s1", "aux_apc": "aux_l1_t1s1", "lfmmi": "lfmmi", "hubert_disc": "kd_disc"}[name]
     assert {"kd", "ctc", "loss", expected_keys} <= set(stats), sorted(stats)
     # kd_objective's KD term is the loss's own mean (with both models' logits for prediction-layer KD)
     with torch.no_grad():
@@ -115,6 +123,12 @@ def test_distiller_takes_every_registered_loss(ctc_teacher, name):
     (s / d).backward()
     own = [p for p in dist.kd.parameters()]
     assert own and any(p.grad is not None and p.grad.abs().sum() > 0 for p in own)
+
+
+def test_hubert_disc_refuses_a_fine_tuned_teacher_with_the_option(ctc_teacher):
+    student = student_tiny(num_layers=2, chunk_size=3, vocab_size=ctc_teacher.vocab_size)
+    with pytest.raises(KDConfigError, match="teacher_path.*no HuBERT codebook.*pre-trained"):
+        Distiller(ctc_teacher, student, kd_loss="hubert_disc", layer_map="1:1,3:2")
 
 
 def test_method_defaults_come_from_the_loss(ctc_teacher):

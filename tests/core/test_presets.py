@@ -30,7 +30,8 @@ def test_fairseq_method_overrides_leave_method_options_to_the_core(path):
     assert set(_yaml(path).get("criterion") or {}) <= PAIR_OPTIONS | {"kd_weight"}
 
 
-@pytest.mark.parametrize("criterion,loss", [("kd_layerwise", "layerwise"), ("kd_aux_apc", "aux_apc"), ("kd_lfmmi", "lfmmi")])
+@pytest.mark.parametrize("criterion,loss", [("kd_layerwise", "layerwise"), ("kd_aux_apc", "aux_apc"), ("kd_lfmmi", "lfmmi"),
+                                           ("kd_hubert_disc", "hubert_disc")])
 def test_fairseq_criterion_yaml_lists_the_core_defaults(criterion, loss):
     listed = _yaml(ROOT / "conf/fairseq/criterion" / f"{criterion}.yaml")
     for name, p in user_options(KD_LOSSES[loss]).items():

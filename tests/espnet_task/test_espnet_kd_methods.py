@@ -84,3 +84,18 @@ def _assert_asr_kd_teacher_is_batch_invariant(zip_path, cachedir):
         for k, (h_b, h_a) in enumerate(zip(batched.hidden, alone.hidden)):
             # CHUNKED student: FFN 64 wide; fbank + 2 conv2d + 2 conformer blocks x (2 FFN, attention, conv) + head
             assert_float_noise_close(h_b[i, :n], h_a[0], width=64, depth=16, what=f"layer {k} utt {i}")
+
+
+def test_hubert_disc_trains_from_the_pre_trained_teachers_codebook(espnet_data, tiny_teachers, tmp_path):
+    hub = ["--teacher_type", "fairseq", "--teacher_path", tiny_teachers["fairseq_hubert"], "--max_epoch", "1"]
+    _train(espnet_data, tmp_path / "disc", *CHUNKED, *hub, "--kd_loss", "hubert_disc", "--kd_loss_conf", "layer_map='1:1,3:2'")
+    stats = _stats(tmp_path / "disc")
+    assert {"kd_disc", "kd_disc_agree", "kd_l1_t3s2", "loss_kd"} <= set(stats) and stats["kd_disc"] > 0, sorted(stats)
+    trained = torch.load(tmp_path / "disc/valid.loss.best.pth", map_location="cpu")
+    assert any(k.startswith("kd_loss.disc_proj.") for k in trained)  # the learnt projection trains ...
+    assert not any("codewords" in k or "proj_weight" in k for k in trained)  # ... the teacher's frozen codebook is not saved
+    # a fine-tuned (CTC) teacher has no codebook: one line naming the option, before training
+    bad = _train(espnet_data, tmp_path / "bad", *CHUNKED, "--teacher_type", "fairseq", "--teacher_path",
+                 tiny_teachers["fairseq_w2v2_ctc"], "--kd_loss", "hubert_disc", "--kd_loss_conf", "layer_map='1:1,3:2'",
+                 check=False)
+    assert bad.returncode != 0 and "--teacher_path: " in bad.stderr and "pre-trained" in bad.stderr

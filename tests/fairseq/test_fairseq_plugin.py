@@ -35,7 +35,7 @@ def test_model_config_mirrors_core_signatures():
     assert fields["frontend"] == inspect.signature(StreamingStudent).parameters["frontend"].default
 
 
-@pytest.mark.parametrize("name", ["kd_layerwise", "kd_aux_apc", "kd_lfmmi"])
+@pytest.mark.parametrize("name", ["kd_layerwise", "kd_aux_apc", "kd_lfmmi", "kd_hubert_disc"])
 def test_criterion_configs_mirror_core_losses_and_yaml(name):
     from fairseq.criterions import CRITERION_REGISTRY
 
@@ -70,7 +70,7 @@ def test_user_dir_import_registers_names_even_if_already_imported():
         "from fairseq.tasks import TASK_REGISTRY\n"
         "print(sorted(k for k in [*CRITERION_REGISTRY, *MODEL_REGISTRY, *TASK_REGISTRY] if k.startswith('kd_')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert ast.literal_eval(out.strip().splitlines()[-1]) == ["kd_audio", "kd_aux_apc", "kd_hubert_ctc", "kd_layerwise", "kd_lfmmi",
+    assert ast.literal_eval(out.strip().splitlines()[-1]) == ["kd_audio", "kd_aux_apc", "kd_hubert_ctc", "kd_hubert_disc", "kd_layerwise", "kd_lfmmi",
                                                              "kd_streaming_student"]
 
 

@@ -133,3 +133,12 @@ def test_scratch_and_lfmmi_overrides_alone_and_init_from_teacher(fairseq_data, t
     first_conv = teacher.conv_blocks()[0][0].weight
     assert (model["student.frontend.convs.0.weight"].float() - first_conv).abs().max() < 1e-6  # lr 1e-9: still the teacher's
     assert (model["student.ctc.weight"].float() - teacher.prediction_layer().weight).abs().max() < 1e-6
+
+
+def test_hubert_disc_method(fairseq_data, tiny_teachers, tmp_path):
+    args = [f"task.data={fairseq_data['letters']}", f"model.teacher_path={tiny_teachers['fairseq_hubert']}",
+            "criterion.layer_map='1:1,3:2'", "optimization.max_epoch=1"]
+    p = hydra_train("+method=hubert_disc", *args, save_dir=tmp_path / "disc", cwd=tmp_path)
+    assert "kd_disc" in p.stdout and "HubertDiscKDLoss" in p.stdout
+    state = _state(tmp_path / "disc/checkpoint_last.pt")
+    assert any(k.startswith("kd_loss.disc_proj.") for k in state["criterion"])
