@@ -44,3 +44,29 @@ def test_bench_sets_only_the_pair_and_the_teachers_target_norm():
     from bench.bench_train import kd_conf
 
     assert set(kd_conf("1:1")) == PAIR_OPTIONS | {"target_norm"}
+
+
+def test_student_shape_presets_one_definition():
+    """The ESPnet and fairseq preset files are exactly what kd_core/students/presets.py writes; each shape stays
+    under its fraction of the zoo teacher; the files' keys are options of the adapters they configure."""
+    import dataclasses
+
+    from espnet_kd.encoder import KDChunkedEncoder
+    from fairseq_kd.models.kd_student import KDStudentConfig
+    from kd_core.students.presets import SHAPES, ZOO_TEACHER_PARAMS, describe, preset_files
+
+    for path, text in preset_files(ROOT).items():
+        assert path.read_text() == text, f"{path}: regenerate with python -m kd_core.students --write"
+        conf = yaml.safe_load(text)
+        if "model" in conf:
+            assert set(conf["model"]) <= {f.name for f in dataclasses.fields(KDStudentConfig)}
+        else:
+            assert set(conf["encoder_conf"]) <= set(inspect.signature(KDChunkedEncoder).parameters)
+    deep_wide = {}
+    for name, (fraction, d, layers) in SHAPES.items():
+        info = describe(name)
+        assert info["params"] <= ZOO_TEACHER_PARAMS / fraction, name
+        assert info["params"] >= 0.8 * ZOO_TEACHER_PARAMS / fraction, name  # near the fraction, not far below it
+        deep_wide.setdefault(fraction, {})[name.split("_")[1]] = (d, layers)
+    for fraction, shapes in deep_wide.items():  # per size: a deeper-and-thinner and a shallower-and-wider shape
+        assert shapes["deep"][0] < shapes["wide"][0] and shapes["deep"][1] > shapes["wide"][1]
