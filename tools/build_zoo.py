@@ -250,6 +250,118 @@ def pack(src: Path, dst: Path, model_name: str = "", pretrained: Optional[Path] 
     return hashlib.sha256(dst.read_bytes()).hexdigest()
 
 
+def learning_curve(log: Path, keys: Sequence[str]) -> List[Dict[str, str]]:
+    """fairseq's ``[valid]`` json lines of ``log``: update + the named values, one dict per validation."""
+    rows = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if "][valid][" in line:
+            rec = json.loads(line[line.index("{"):])
+            rows.append({"update": rec.get("valid_num_updates", "?"), **{k: rec.get(f"valid_{k}", "?") for k in keys}})
+    return rows
+
+
+def train_hours(log: Path) -> float:
+    """Training wall time in hours: the sum of fairseq's per-interval ``train_wall`` over every (re)start."""
+    total = 0.0
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if "][train_inner][" in line:
+            total += float(json.loads(line[line.index("{"):]).get("train_wall", 0))
+    return total / 3600
+
+
+def write_card(name: str, text: str) -> None:
+    atomic_write_text(ZOO / name / "CARD.md", text)
+
+
+def _data_lines(work: Path) -> List[str]:
+    d = json.loads(_stamp(work, "data").read_text())
+    h, n = d["hours"], d["utterances"]
+    return [f"- Unlabelled pool (pre-training): {n['pretrain_train']} utterances, {h['pretrain_train']} h = synthetic pool "
+            f"(espeak-ng + sox, {POOL['num_train']} utterances, any WordNet example sentence except held-out ones, 24 "
+            f"training voices, white noise at {POOL['noise_snr_db'].replace(':', '-')} dB SNR, sox reverberation on about half, speed "
+            f"perturbation 0.9/1.0/1.1) + the labelled set's audio + FSDD train (CC BY-SA 4.0).",
+            f"- Labelled set (fine-tuning): {n['finetune_train']} utterances, {h['finetune_train']} h = {LABELLED['num_train']} "
+            f"synthetic utterances (closed {LABELLED['vocab_size']}-word WordNet vocabulary, seed {LABELLED['seed']}) + FSDD "
+            f"train (2,700 real recordings, 6 speakers, ten digits).",
+            f"- Model selection: {n['finetune_valid']} synthetic utterances of training voices (held-out sentences).",
+            f"- Test sets, never used for training or selection: `test_synth` {n['test_synth']} utterances of 9 voices whose "
+            f"accent and variant training never uses, held-out sentences; `test_fsdd` {n['test_fsdd']} FSDD test recordings "
+            "(official split, seen speakers).",
+            "- Rebuild the data alone: `python -m tools.build_zoo data` (deterministic by seed)."]
+
+
+def hubert_mini_card(work: Path, sha: str) -> str:
+    import torch
+
+    run = work / "runs/hubert_mini"
+    state = torch.load(ZOO / "hubert_mini/hubert_mini.pt", map_location="cpu", weights_only=False)
+    params = sum(v.numel() for v in state["model"].values())
+    updates = state["optimizer_history"][-1]["num_updates"]
+    curve = learning_curve(run / "train.log", ["loss", "correct_m_0"])
+    lines = ["# hubert_mini", "",
+             "HuBERT Base scaled down, pre-trained (iteration 1) with fairseq's own `hubert_pretraining` task and `hubert`",
+             "criterion through `fairseq-hydra-train` (`conf/fairseq/zoo/hubert_mini_pretrain.yaml`). Keeps the pre-training",
+             "head: `final_proj` (320 -> 128) and the codebook `label_embs_concat` (100 k-means classes + 4 specials), which the",
+             "HuBERT discriminative loss reads. Not a recogniser: `hubert_mini_ctc` is its CTC fine-tuning.", "",
+             "| | |", "|---|---|",
+             "| shape | 7-layer waveform CNN (128 channels, 20 ms frames), 8 x 320 post-LN transformer, FFN 1280, 5 heads |",
+             f"| parameters | {params / 1e6:.2f}M (with the pre-training head) |",
+             f"| targets | k-means (K = 100, scikit-learn MiniBatchKMeans) over 39-dim MFCC (+ deltas) at 100 Hz of a 10 % "
+             "sample of the pool; centroids `kmeans_mfcc_k100.npy` |",
+             f"| updates | {updates} (20 s of audio each, lr 3e-4, polynomial decay) |",
+             f"| CPU time | {train_hours(run / 'train.log'):.2f} h on one thread (plus the abandoned lr 1e-3 run, below) |",
+             "| storage | fp16 weights, no optimizer state |",
+             f"| sha256 | `{sha}` |",
+             "| command | `python -m tools.build_zoo hubert_mini` |", "",
+             "## Data", ""] + _data_lines(work) + [
+             "", "## Learning curve (valid: masked-prediction loss in bits, accuracy)", "",
+             "| update | loss | accuracy |", "|---|---|---|"] + [
+             f"| {r['update']} | {r['loss']} | {r['correct_m_0']} |" for r in curve] + [
+             "", "K = 100: HuBERT's own iteration-1 choice, roughly 40 English phones x a few acoustic states; a larger K",
+             "would leave many clusters with few frames in a 13 h pool. No second iteration (k-means on its own",
+             "features): the CPU budget went to the first.", ""]
+    old = work / "runs/hubert_mini_lr1e-3/train.log"
+    if old.is_file():
+        oc = learning_curve(old, ["loss", "correct_m_0"])
+        lines += ["## What did not work", "",
+                  f"A first run at lr 1e-3 collapsed once its warm-up passed ~7e-4: valid accuracy rose to "
+                  f"{max(float(r['correct_m_0']) for r in oc):.3f} by update 250, then fell to "
+                  f"{float(oc[-1]['correct_m_0']):.4f} by update {oc[-1]['update']} (valid loss back above chance). This run "
+                  "restarted from its best checkpoint (update 200) at lr 3e-4.", ""]
+    return "\n".join(lines)
+
+
+def hubert_mini_ctc_card(work: Path, sha: str, res: Dict) -> str:
+    import torch
+
+    run = work / "runs/hubert_mini_ctc"
+    state = torch.load(ZOO / "hubert_mini_ctc/hubert_mini_ctc.pt", map_location="cpu", weights_only=False)
+    params = sum(v.numel() for v in state["model"].values())
+    cfg = state["cfg"]
+    curve = learning_curve(run / "train.log", ["loss", "uer", "wer"])
+    lines = ["# hubert_mini_ctc", "",
+             "`hubert_mini` fine-tuned for character CTC with fairseq's own path: `hubert_pretraining` task in fine-tuning",
+             "mode, fairseq's `HubertCtc` (registered buildable as `kd_hubert_ctc`: fairseq issue #4916) and the `ctc`",
+             "criterion (`conf/fairseq/zoo/hubert_mini_ctc.yaml`); shipped under fairseq's own name `hubert_ctc` with the",
+             "pre-training config in `w2v_args` (self-contained), fp16, no optimizer state. `dict.ltr.txt` is its output",
+             "alphabet (after fairseq's 4 specials; blank = `<s>`).", "",
+             "| | |", "|---|---|",
+             f"| parameters | {params / 1e6:.2f}M |",
+             f"| updates | {cfg['optimization']['max_update']} (20 s of audio each, lr {cfg['optimization']['lr'][0]}, tri-stage; "
+             f"encoder frozen for the first {cfg['model']['freeze_finetune_updates']}) |",
+             f"| CPU time | {train_hours(run / 'train.log'):.2f} h on one thread |",
+             f"| selected | best valid WER (`checkpoint_best.pt`) |",
+             f"| sha256 | `{sha}` |",
+             "| command | `python -m tools.build_zoo hubert_mini_ctc` |", "",
+             "## WER (greedy CTC, `tools/zoo_eval.py` through `load_teacher(\"fairseq\", ...)`, jiwer)", "",
+             "| set | utterances | WER % | CER % |", "|---|---|---|---|"] + [
+             f"| {k} | {v['utterances']} | {v['wer']} | {v['cer']} |" for k, v in res.items()] + [
+             "", "## Data", ""] + _data_lines(work) + [
+             "", "## Learning curve (valid, fairseq's own greedy decoding)", "", "| update | loss | UER % | WER % |",
+             "|---|---|---|---|"] + [f"| {r['update']} | {r['loss']} | {r['uer']} | {r['wer']} |" for r in curve] + [""]
+    return "\n".join(lines)
+
+
 def build_hubert_mini(work: Path, threads: int, fsdd_dir: str) -> None:
     make_data(work, fsdd_dir)
     make_kmeans_labels(work)
@@ -259,6 +371,7 @@ def build_hubert_mini(work: Path, threads: int, fsdd_dir: str) -> None:
         fairseq_train("hubert_mini_pretrain", [f"task.data={pre}", f"task.label_dir={pre}"], run, threads)
         _mark(work, "hubert_mini_train", {"save_dir": str(run)})
     sha = pack(run / "checkpoint_last.pt", ZOO / "hubert_mini/hubert_mini.pt")
+    write_card("hubert_mini", hubert_mini_card(work, sha))
     log.info("zoo/hubert_mini/hubert_mini.pt sha256 %s", sha)
 
 
@@ -279,7 +392,8 @@ def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
 
     res = evaluate_ctc_teacher(out / "hubert_mini_ctc.pt", out, {s: ft / f"{s}.tsv" for s in ("test_synth", "test_fsdd", "valid")},
                                threads=threads)
-    atomic_write_text(out / "eval.json", json.dumps(res, indent=1) + "\n")
+    atomic_write_text(work / "hubert_mini_ctc_eval.json", json.dumps(res, indent=1) + "\n")  # with every hypothesis
+    write_card("hubert_mini_ctc", hubert_mini_ctc_card(work, sha, res))
     log.info("hubert_mini_ctc WER: %s", {k: v["wer"] for k, v in res.items()})
 
 
