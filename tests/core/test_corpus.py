@@ -214,3 +214,33 @@ def test_cli(tmp_path):
     bad = subprocess.run([sys.executable, *script, "synth", "--out", str(tmp_path / "d"), "--num-test", "0"],
                          capture_output=True, text=True, timeout=60, cwd=TOOLS.parent)
     assert bad.returncode != 0 and "num_test=0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_closed_vocabulary_splits_and_pool_hold_out_test_sentences():
+    """wordnet-closed: disjoint test/valid/train sentence lists within the top-K words, independent of any seed;
+    wordnet-pool (unlabelled pre-training texts) never contains a held-out valid/test sentence."""
+    from collections import Counter
+
+    from tools.text_sources import HELD_OUT, wordnet_closed_vocab, wordnet_pool, wordnet_sentences
+
+    every = wordnet_sentences()
+    counts = Counter(w for s in every for w in s.split())
+    top = {w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:1000]}
+    split = wordnet_closed_vocab(1000)
+    assert {k: len(v) for k, v in split.items() if k != "train"} == HELD_OUT and len(split["train"]) > 1000
+    assert not (set(split["test"]) & set(split["train"])) and not (set(split["valid"]) & set(split["train"]))
+    assert not set(split["test"]) & set(split["valid"])
+    assert all(w in top for part in split.values() for s in part for w in s.split())
+    assert wordnet_closed_vocab(1000) == split  # no seed involved
+    pool = set(wordnet_pool(1000))
+    assert not pool & (set(split["test"]) | set(split["valid"])) and len(pool) == len(set(every)) - 700
+    with pytest.raises(KDConfigError, match="vocab_size=5"):
+        wordnet_closed_vocab(5)
+
+
+def test_noise_snr_range_parsing():
+    assert make_corpus._snr_range(None) is None and make_corpus._snr_range(20) == (20.0, 20.0)
+    assert make_corpus._snr_range("10:40") == (10.0, 40.0) == make_corpus._snr_range((10, 40))
+    for bad in ("loud", "40:10", "1:2:3"):
+        with pytest.raises(KDConfigError, match="noise_snr_db"):
+            make_corpus._snr_range(bad)
