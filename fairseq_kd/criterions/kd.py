@@ -262,18 +262,10 @@ class LFMMIKDCriterion(KDCriterion):
 
 # ---- HuBERT discriminative (codeword) KD on top of layer regression ------------------------------------
 @dataclass
-class HubertDiscCriterionConfig(KDCriterionConfig):
-    layer_map: str = field(default="auto", metadata={"help": "teacher:student pairs of the regression (the last student "
-                                                             "layer of the map also feeds the codeword head) or 'auto'"})
+class HubertDiscCriterionConfig(LayerwiseCriterionConfig):
+    """The layer-KD options (regression; the last student layer of the map also feeds the codeword head) + disc_weight."""
+
     disc_weight: float = field(default=1.0, metadata={"help": "weight of KL(p_T || p_S) over the teacher's codebook"})
-    l1_weight: float = field(default=1.0, metadata={"help": "L1 term weight"})
-    l2_weight: float = field(default=0.0, metadata={"help": "L2 (MSE) term weight"})
-    cos_weight: float = field(default=1.0, metadata={"help": "-log sigmoid(cosine) term weight"})
-    heads: ChoiceEnum(["linear", "none"]) = field(default="linear", metadata={"help": "projection heads per pair"})
-    rate_mode: ChoiceEnum(["pool", "stack"]) = field(default="pool", metadata={
-        "help": "how teacher frames (20 ms) meet the student's (40 ms): average or concatenate"})
-    target_norm: bool = field(default=False, metadata={
-        "help": "layer-normalise each teacher frame before the hidden-layer loss (pre-LN teachers)"})
 
 
 @register_criterion("kd_hubert_disc", dataclass=HubertDiscCriterionConfig)

@@ -71,6 +71,17 @@ class Teacher(nn.Module):
         """The CTC output layer producing ``logits``, or ``None``."""
         return None
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` samples -> ``(B,)`` frames (waveform-CNN teachers)."""
+        raise NotImplementedError
+
+    def checked_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`output_lengths`, refusing (one line) an utterance shorter than the CNN's receptive field."""
+        frames = self.output_lengths(lengths)
+        require(bool((frames > 0).all()), f"teacher input: utterance of {int(lengths.min())} samples is shorter than "
+                "the teacher's CNN receptive field; drop it or pad it")
+        return frames
+
     def codebook(self, option: str = "codebook_teacher_path"):
         """The pre-trained HuBERT codebook (:class:`~kd_core.losses.hubert_disc.HubertCodebook`) the
         discriminative loss scores against; teachers without one raise a one-line error naming ``option``."""

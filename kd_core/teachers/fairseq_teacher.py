@@ -257,9 +257,7 @@ class FairseqTeacher(Teacher):
 
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         """``wav (B, S)``, ``lengths (B,)`` -> hidden ``num_layers + 1 x (B, T, D)``, logits ``(B, T, V)``."""
-        frames = self.output_lengths(lengths)
-        require(bool((frames > 0).all()), f"teacher input: utterance of {int(lengths.min())} samples is shorter than "
-                "the teacher's CNN receptive field; drop it or pad it")
+        frames = self.checked_frames(lengths)
         if self.normalize:
             wav = normalize_waveform(wav, lengths)
         if self.frame_level_mask:

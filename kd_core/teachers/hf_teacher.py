@@ -80,9 +80,7 @@ class HFTeacher(Teacher):
         return self.base._get_feat_extract_output_lengths(lengths).long()
 
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
-        frames = self.output_lengths(lengths)
-        require(bool((frames > 0).all()), f"teacher input: utterance of {int(lengths.min())} samples is shorter than "
-                "the teacher's CNN receptive field; drop it or pad it")
+        frames = self.checked_frames(lengths)
         if self.normalize:
             wav = normalize_waveform(wav, lengths)
         mask = None

@@ -63,13 +63,15 @@ class TorchaudioTeacher(Teacher):
     def prediction_layer(self) -> Optional[nn.Linear]:
         return self.model.aux if self.use_aux else None
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` samples -> ``(B,)`` frames: ``(L - k) // s + 1`` per conv layer (components.py)."""
+        for k, s in self.convs:
+            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+        return lengths
+
     def _forward_batch(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         """``wav (B, S)``, ``lengths (B,)`` -> hidden ``num_layers + 1 x (B, T, D)``, logits ``(B, T, V)``."""
-        frames = lengths
-        for k, s in self.convs:
-            frames = torch.div(frames - k, s, rounding_mode="floor") + 1
-        require(bool((frames > 0).all()), f"teacher input: utterance of {int(lengths.min())} samples is shorter than "
-                "the teacher's CNN receptive field; drop it or pad it")
+        self.checked_frames(lengths)  # one line for an utterance shorter than the receptive field
         if self.normalize:
             wav = normalize_waveform(wav, lengths)
         transformer = self.model.encoder.transformer
