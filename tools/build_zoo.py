@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kd_core.atomic import atomic_torch_save, atomic_write, atomic_write_text
+from kd_core.errors import require
 from tools import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,8 @@ def write_manifest(out: Path, name: str, parts: Sequence[Tuple[Path, str]], root
     atomic_write_text(out / f"{name}.tsv", "\n".join([str(root)] + rows) + "\n")
     for k, lines in lab.items():
         if lines:
-            assert len(lines) == len(rows), f"{name}.{k}: {len(lines)} label lines for {len(rows)} utterances"
+            require(len(lines) == len(rows), f"{out / name}.{k}: {len(lines)} label lines for {len(rows)} utterances; "
+                    "a corpus folder is incomplete: delete it and re-run")
             atomic_write_text(out / f"{name}.{k}", "\n".join(lines) + "\n")
     return len(rows)
 
