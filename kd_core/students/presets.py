@@ -44,22 +44,27 @@ def student_preset(name: str, **overrides) -> StreamingStudent:
     return streaming_student(**{**preset_conf(name), **overrides})
 
 
+def _render(name: str, conf: Dict, package: str = "") -> str:
+    """A preset file: header comment(s) + ``conf`` as YAML (one writer for both toolkits' files)."""
+    import yaml
+
+    head = f"# @package {package}\n" if package else ""
+    return (head + f"# Student shape {name} (kd_core/students/presets.py; written by python -m kd_core.students --write).\n"
+            + yaml.safe_dump(conf, sort_keys=False))
+
+
 def espnet_yaml(name: str) -> str:
     """The recipe's preset file: the front-end and encoder keys of ``conf/train_student.yaml`` it replaces."""
     c = preset_conf(name)
-    return (f"# Student shape {name} (kd_core/students/presets.py; written by python -m kd_core.students --write).\n"
-            f"frontend_conf:\n    kind: fbank\n    n_mels: {c['frontend_conf']['n_mels']}\n    channels: {c['frontend_conf']['channels']}\n"
-            f"encoder_conf:\n    d_model: {c['d_model']}\n    num_layers: {c['num_layers']}\n    num_heads: {c['num_heads']}\n"
-            f"    ffn_dim: {c['ffn_dim']}\n")
+    return _render(name, {"frontend_conf": {"kind": "fbank", **c["frontend_conf"]},
+                          "encoder_conf": {k: c[k] for k in ("d_model", "num_layers", "num_heads", "ffn_dim")}})
 
 
 def fairseq_yaml(name: str) -> str:
     """The fairseq ``+size=<name>`` override (model fields only)."""
     c = preset_conf(name)
-    return (f"# @package _global_\n# Student shape {name} (kd_core/students/presets.py; written by python -m "
-            f"kd_core.students --write).\nmodel:\n  n_mels: {c['frontend_conf']['n_mels']}\n"
-            f"  channels: {c['frontend_conf']['channels']}\n  d_model: {c['d_model']}\n  num_layers: {c['num_layers']}\n"
-            f"  num_heads: {c['num_heads']}\n  ffn_dim: {c['ffn_dim']}\n")
+    return _render(name, {"model": {**c["frontend_conf"], **{k: c[k] for k in ("d_model", "num_layers", "num_heads", "ffn_dim")}}},
+                   package="_global_")
 
 
 def preset_files(root: Path) -> Dict[Path, str]:
