@@ -46,10 +46,23 @@ class WaveformCNN(nn.Module):
         self.receptive_field, self.stride, self.output_dim = rf, stride, in_ch
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = wav.unsqueeze(1)
+        """``(B, S)``, ``(B,)`` -> ``(B, T, C)``, ``(B,)``; ``T = 0`` when ``S`` is shorter than the receptive field.
+
+        Each convolution runs channels-last as one matrix product over its strided windows
+        (``unfold``), so the per-frame LayerNorm reads contiguous channels and no layer transposes:
+        the same function as ``Conv1d`` -> ``LayerNorm`` over channels -> GELU (fairseq's
+        ``extractor_mode="layer_norm"``), about 2x faster on CPU, forward and backward
+        (``python -m bench.frontend_speed``).
+        """
+        x = wav.unsqueeze(-1)  # (B, S, 1)
         for conv, norm in zip(self.convs, self.norms):
-            x = nn.functional.gelu(norm(conv(x).transpose(1, 2)).transpose(1, 2))
-        return x.transpose(1, 2), valid_conv_length(lengths, self.receptive_field, self.stride)
+            k, s = conv.kernel_size[0], conv.stride[0]
+            if x.size(1) < k:
+                x = x.new_zeros(x.size(0), 0, conv.out_channels)
+                continue
+            windows = x.unfold(1, k, s).flatten(2)  # (B, T', C_in * k), ordered as conv.weight's (C_in, k)
+            x = nn.functional.gelu(norm(windows @ conv.weight.flatten(1).t()))
+        return x, valid_conv_length(lengths, self.receptive_field, self.stride)
 
 
 class FbankConv2d(nn.Module):

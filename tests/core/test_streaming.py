@@ -119,3 +119,32 @@ def test_dynamic_chunk_only_in_training():
     assert set(drawn) == {1, 2, 3, 4}  # random chunk sizes 1..2*chunk_size ...
     assert 0.6 < drawn.count(2) / len(drawn) < 0.75  # ... on half of the batches (else 2): expected 0.5 + 0.5/4
     assert {student_tiny(chunk_size=2).train().encoder._chunk() for _ in range(50)} == {2}  # off unless asked
+
+
+def test_waveform_cnn_equals_torchaudio_layer_norm_extractor():
+    """The channels-last (unfold + matmul) WaveformCNN computes torchaudio's own ``layer_norm`` feature
+    extractor (Conv1d -> LayerNorm over channels -> GELU, the layout of fairseq's ``extractor_mode="layer_norm"``)
+    with the same weights: outputs, lengths and input gradients; shorter-than-one-frame input gives no frames."""
+    from torchaudio.models.wav2vec2.components import _get_feature_extractor
+
+    torch.manual_seed(0)
+    layers = [(16, 10, 5), (16, 3, 2), (24, 3, 2), (24, 2, 2)]
+    ours = WaveformCNN(layers)
+    ref = _get_feature_extractor("layer_norm", layers, bias=False)
+    for conv, norm, block in zip(ours.convs, ours.norms, ref.conv_layers):
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn_like(conv.weight) * 0.3)
+            norm.weight.copy_(1 + 0.1 * torch.randn_like(norm.weight))
+            norm.bias.copy_(0.1 * torch.randn_like(norm.bias))
+        block.conv.weight, block.layer_norm.weight, block.layer_norm.bias = conv.weight, norm.weight, norm.bias
+    wav = torch.randn(3, 4000, requires_grad=True)
+    lens = torch.tensor([4000, 3100, 500])
+    got, got_len = ours(wav, lens)
+    want, want_len = ref(wav, lens)
+    assert torch.equal(got_len, want_len)
+    assert_float_noise_close(got, want, width=24 * 3, depth=4, what="frames")
+    (g_ours,) = torch.autograd.grad((got * torch.cos(got)).sum(), wav)
+    (g_ref,) = torch.autograd.grad((want * torch.cos(want)).sum(), wav)
+    assert_float_noise_close(g_ours, g_ref, width=24 * 3, depth=8, what="input gradient")
+    empty, n = ours(torch.randn(2, ours.receptive_field - 1), torch.tensor([ours.receptive_field - 1] * 2))
+    assert empty.shape == (2, 0, 24) and n.tolist() == [0, 0]
