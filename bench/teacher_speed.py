@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Teacher targets per second: a group-norm waveform-CNN teacher (wav2vec2/HuBERT Base layout) run batched
 with per-utterance statistics (``kd_core/teachers/masked_norm.py``) vs one utterance at a time (what exact
-targets cost before), side by side in one process on the same audio, plus the largest difference between
-the two (they must agree to float rounding).
+targets cost before), and batched under bfloat16 autocast, side by side in one process on the same audio,
+plus the largest difference between them (batched and alone must agree to float rounding).
 
 Usage: ``python -m bench.teacher_speed [--teacher PATH] [--batch 8] [--repeats 3] [--threads 1] [--out FILE]``.
 Default teacher: torchaudio's ``hubert_base`` factory (random weights, 94.7M; no download).
@@ -49,13 +49,20 @@ def main(argv: List[str] = None) -> None:
         scale = max(float(h.abs().max()) for h in alone.hidden)
         t_batch = best_time(lambda: teacher(wav, lens), a.repeats)
         t_alone = best_time(one_by_one, a.repeats)
+        teacher.set_compute_dtype("bfloat16")
+        low = teacher(wav, lens)
+        t_bf16 = best_time(lambda: teacher(wav, lens), a.repeats)
+        rel = max(float((b - r).norm() / r.norm()) for b, r in zip(low.hidden, batched.hidden))
     n = sum(q.numel() for q in teacher.parameters())
     lines = [f"# Teacher throughput: batched with per-utterance norm statistics vs one utterance at a time", "",
              f"teacher `{a.teacher}` ({kind}, {n / 1e6:.1f}M parameters), batch of {a.batch} utterances "
              f"({audio_s:.1f} s of audio, {a.min_s:g}-{a.max_s:g} s each), {a.threads} thread(s), best of {a.repeats}", "",
              "| teacher run | seconds per batch | audio seconds per second |", "|---|---|---|",
              f"| one utterance at a time | {t_alone:.3f} | {audio_s / t_alone:.1f} |",
-             f"| batched, per-utterance statistics | {t_batch:.3f} | {audio_s / t_batch:.1f} |", "",
+             f"| batched, per-utterance statistics | {t_batch:.3f} | {audio_s / t_batch:.1f} |",
+             f"| batched, bfloat16 autocast (`dtype=bfloat16`) | {t_bf16:.3f} | {audio_s / t_bf16:.1f} |", "",
+             f"bfloat16 vs float32 (both batched): {t_batch / t_bf16:.2f}x; largest relative (Frobenius) error of a layer "
+             f"{rel:.1e}", "",
              f"speed-up {t_alone / t_batch:.2f}x; largest difference between the two on valid frames {diff:.2e} "
              f"({diff / scale:.1e} of the largest value)", "",
              f"command: `python -m bench.teacher_speed --teacher {a.teacher} --batch {a.batch} --repeats {a.repeats} "

@@ -70,6 +70,8 @@ class KDStudentConfig(FairseqDataclass):
     teacher_data_dir: Optional[str] = field(default=None, metadata={
         "help": "fairseq teacher: folder with its task's dict.<label>.txt (default: the checkpoint's, else placeholders)"})
     teacher_cachedir: Optional[str] = field(default=None, metadata={"help": "espnet teacher: unpack folder"})
+    teacher_dtype: ChoiceEnum(["float32", "bfloat16", "float16"]) = field(default="float32", metadata={
+        "help": "what the teacher computes in (autocast; targets stay float32); bfloat16 on CPUs with AVX512-BF16/AMX"})
     init_student: Optional[str] = field(default=None, metadata={
         "help": "kd_streaming_student checkpoint whose weights initialise this student (two-stage: stage 1 -> 2)"})
     init_from_teacher: bool = field(default=False, metadata={
@@ -173,6 +175,7 @@ class KDStreamingStudentModel(BaseFairseqModel):
         else:
             kwargs = {"espnet": {"cachedir": cfg.teacher_cachedir}}.get(kind, {})
             teacher = load_teacher(kind, cfg.teacher_path, **kwargs)
+        teacher.set_compute_dtype(str(cfg.teacher_dtype), "model.teacher_dtype")
         require(teacher.sample_rate == self.student.sample_rate, f"model.teacher_path={cfg.teacher_path}: the teacher "
                 f"expects {teacher.sample_rate} Hz but task.sample_rate={self.student.sample_rate}; resample the data")
         self._teacher = [teacher.freeze()]
@@ -188,6 +191,7 @@ class KDStreamingStudentModel(BaseFairseqModel):
         from kd_core.cache import cached_teacher_for_loss
 
         conf = {"fairseq": {"data_dir": cfg.teacher_data_dir}}.get(str(cfg.teacher_type), {})
+        conf["dtype"] = str(cfg.teacher_dtype)
         self._teacher = [cached_teacher_for_loss(kd_loss, self.teacher, str(cfg.teacher_type), cfg.teacher_path,
                                                  cfg.teacher_cache_dir, str(cfg.teacher_cache_mode),
                                                  str(cfg.teacher_cache_dtype), **conf)]

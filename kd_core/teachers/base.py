@@ -7,6 +7,7 @@ with group normalisation over time), so an utterance's targets never depend on i
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -14,6 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import KDConfigError, require
+
+log = logging.getLogger(__name__)
+
+#: ``dtype`` loader option -> the autocast dtype the teacher computes in (targets are returned as float32)
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -50,6 +56,18 @@ class Teacher(nn.Module):
     frame_shift_ms: float = 20.0
     sample_rate: int = 16000
     padding_sensitive: bool = True
+    compute_dtype: torch.dtype = torch.float32
+
+    def set_compute_dtype(self, name: str, option: str = "dtype") -> "Teacher":
+        """Compute targets under ``torch.autocast`` in ``name`` (``float32``, ``bfloat16``, ``float16``): matrix
+        products and convolutions in that dtype, normalisations and softmax in float32; targets come back as
+        float32. ``bfloat16`` halves the teacher's cost on CPUs with AVX512-BF16/AMX and is emulated (slower)
+        elsewhere. The tolerance against float32 is tested (``tests/core/test_teacher_dtype.py``)."""
+        require(name in COMPUTE_DTYPES, f"{option}={name!r}: unknown teacher dtype; choose one of {', '.join(COMPUTE_DTYPES)}")
+        if name == "bfloat16" and not bool(getattr(torch._C._cpu, "_is_avx512_bf16_supported", lambda: False)()):
+            log.warning("%s=bfloat16: this CPU has no native bf16 arithmetic; the teacher will run slower than float32", option)
+        self.compute_dtype = COMPUTE_DTYPES[name]
+        return self
 
     def freeze(self) -> "Teacher":
         for p in self.parameters():
@@ -88,9 +106,8 @@ class Teacher(nn.Module):
         raise KDConfigError(f"{option}: a {type(self).__name__} has no HuBERT codebook; the HuBERT discriminative loss "
                             f"needs a pre-trained fairseq HuBERT checkpoint (with final_proj and label_embs_concat) there")
 
-    @torch.no_grad()
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
-        """Compute targets.
+        """Compute targets under ``torch.inference_mode()`` (and autocast to :attr:`compute_dtype`).
 
         Args:
             wav: ``(B, S)`` float waveforms at :attr:`sample_rate`, zero-padded.
@@ -100,10 +117,17 @@ class Teacher(nn.Module):
         """
         require(wav.dim() == 2, f"teacher input: expected (B, samples) waveforms, got shape {tuple(wav.shape)}")
         require(bool((lengths > 0).all()), "teacher input: empty audio (0 samples) in batch; drop empty utterances from the data")
-        if not self.padding_sensitive or wav.size(0) == 1:
-            return self._forward_batch(wav, lengths)
-        outs = [self._forward_batch(wav[i : i + 1, : int(lengths[i])], lengths[i : i + 1]) for i in range(wav.size(0))]
-        return _pad_outputs(outs)
+        cast = self.compute_dtype != torch.float32
+        with torch.inference_mode(), torch.autocast(wav.device.type, dtype=self.compute_dtype, enabled=cast):
+            if not self.padding_sensitive or wav.size(0) == 1:
+                out = self._forward_batch(wav, lengths)
+            else:
+                out = _pad_outputs([self._forward_batch(wav[i : i + 1, : int(lengths[i])], lengths[i : i + 1])
+                                    for i in range(wav.size(0))])
+        # inference tensors cannot enter a loss's autograd graph: copy them out (float32) as ordinary tensors
+        return TeacherOutput(hidden=[h.to(torch.float32, copy=True) for h in out.hidden], lengths=out.lengths.clone(),
+                             logits=None if out.logits is None else out.logits.to(torch.float32, copy=True),
+                             frame_shift_ms=out.frame_shift_ms)
 
 
 def normalize_waveform(wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
