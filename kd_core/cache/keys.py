@@ -12,7 +12,7 @@ from ..errors import KDConfigError, require
 from ..teachers.base import Teacher
 
 # Loader options that only say where things are unpacked, never what the teacher computes.
-LOCATION_ONLY_CONF = ("cachedir",)
+LOCATION_ONLY_CONF = ("cachedir", "trust_pickle")  # where it is unpacked; whether it may be unpickled: not what it computes
 TEACHER_INFO_KEYS = ("num_layers", "hidden_size", "vocab_size", "frame_shift_ms", "sample_rate")
 _FILE_HASHES: Dict[Tuple[str, int, int], str] = {}
 

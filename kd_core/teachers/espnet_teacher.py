@@ -99,7 +99,30 @@ def _unpack(model: str, cachedir: Optional[str]) -> dict:
     return ModelDownloader(root).download_and_unpack(model)
 
 
-def load_espnet_teacher(model: str, cachedir: Optional[str] = None, task_class=None) -> EspnetTeacher:
+def check_plain_weights(model_file: str, option: str, trust_pickle: bool) -> None:
+    """Refuse (one line) a model file that needs full unpickling: ESPnet's ``build_model_from_file`` reads it with
+    ``torch.load(weights_only=False)``, which runs whatever the pickle says. Packed ESPnet models are plain state
+    dicts, so ``weights_only=True`` reads every genuine one; ``trust_pickle`` is the explicit, warned opt-in."""
+    import torch
+
+    if trust_pickle:
+        logger.warning("%s: trust_pickle=true: %s is unpickled in full (it can run code); only for files you trust",
+                    option, model_file)
+        return
+    try:
+        torch.load(model_file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - anything weights_only cannot read is refused
+        unsafe = ""
+        try:
+            unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(model_file)[:5])
+        except Exception:  # noqa: BLE001 - not a zip checkpoint
+            pass
+        raise KDConfigError(f"{option}: {model_file} is not a plain state dict ({type(e).__name__}"
+                            f"{': pickles ' + unsafe if unsafe else ''}); loading it would unpickle arbitrary objects. "
+                            f"Re-save it as a state dict, or pass trust_pickle=true (teacher_conf) if you trust the file") from None
+
+
+def load_espnet_teacher(model: str, cachedir: Optional[str] = None, task_class=None, trust_pickle: bool = False) -> EspnetTeacher:
     """Load an ESPnet ASR model as a frozen teacher.
 
     Args:
@@ -108,6 +131,7 @@ def load_espnet_teacher(model: str, cachedir: Optional[str] = None, task_class=N
         cachedir: where the model is unpacked (default ``~/.cache/espnet_kd_zoo``).
         task_class: the ESPnet task that builds the model (default ``ASRTask``; the ESPnet adapter
             passes its ``ASRKDTask`` for students trained with it, e.g. a two-stage teacher).
+        trust_pickle: read a model file that is more than a state dict (:func:`check_plain_weights`).
     """
     model = str(model)
     looks_like_file = model.endswith((".zip", ".tar.gz", ".tgz")) or os.path.sep in model
@@ -122,6 +146,7 @@ def load_espnet_teacher(model: str, cachedir: Optional[str] = None, task_class=N
                             "pass a zip made by 'espnet2.bin.pack asr'") from None
     require("asr_train_config" in files and "asr_model_file" in files,
             f"teacher_path={model}: not an ESPnet ASR model (no asr_train_config/asr_model_file in the pack)")
+    check_plain_weights(files["asr_model_file"], f"teacher_path={model}", trust_pickle)
     if task_class is None:
         from espnet2.tasks.asr import ASRTask as task_class
 
