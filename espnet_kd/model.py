@@ -19,6 +19,7 @@ from kd_core.distiller import kd_term
 from kd_core.errors import require
 from kd_core.hooks import capture_layers
 from kd_core.losses.registry import needs_logits
+from kd_core.numerics import NonFiniteGuard
 from kd_core.teachers.base import Teacher
 
 from .encoder import KDChunkedEncoder
@@ -46,14 +47,18 @@ class ESPnetASRKDModel(ESPnetASRModel):
         kd_weight: weight of the KD term (per-frame mean over valid student frames).
         asr_weight: weight of the ASR loss (CTC/attention mix of ``ctc_weight``); used
             only for batches with transcripts.
+        kd_max_nonfinite: a training step whose KD term is ``nan``/``inf`` is skipped (the loss stays
+            non-finite, so ESPnet's trainer skips the update as for a non-finite gradient norm) and counted
+            (``kd_skipped`` in the reporter); this many in a row stop training with one line (0: never).
     The task calls :meth:`attach_teacher` after building. ``forward`` returns ESPnet's
     ``(loss, stats, weight)`` with ``stats``: ``loss``, ``loss_asr``, ``loss_kd`` and the KD
     loss's own terms (``kd_l1_t4s2``, ...), so the reporter, tensorboard and plots show them.
     """
 
-    def __init__(self, *args, kd_weight: float = 1.0, asr_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, kd_weight: float = 1.0, asr_weight: float = 1.0, kd_max_nonfinite: int = 20, **kwargs):
         super().__init__(*args, **kwargs)
         self.kd_weight, self.asr_weight = float(kd_weight), float(asr_weight)
+        self._nonfinite = NonFiniteGuard(kd_max_nonfinite, "--model_conf kd_max_nonfinite")
         self.kd_loss: Optional[torch.nn.Module] = None
         self._teacher: List[Teacher] = []  # a list keeps the teacher out of state_dict/parameters/train()
         self._last_encode: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -117,9 +122,12 @@ class ESPnetASRKDModel(ESPnetASRModel):
             logits = self.ctc.ctc_lo(encoder_out) if needs_logits(self.kd_loss) else None
             loss_kd, kd_stats = kd_term(self.kd_loss, t_out, hidden, encoder_out_lens, logits)
             loss = loss + self.kd_weight * loss_kd
-            stats["loss_kd"] = loss_kd.detach()
-            stats.update({k: torch.tensor(v) for k, v in kd_stats.items()})
-        stats["loss"] = loss.detach()
+            if not self.training or self._nonfinite.check(loss_kd.detach()):
+                stats["loss_kd"] = loss_kd.detach()
+                stats.update({k: torch.tensor(v) for k, v in kd_stats.items()})
+            if self.training:
+                stats["kd_skipped"] = torch.tensor(float(not torch.isfinite(loss_kd.detach())))
+        stats["loss"] = loss.detach() if bool(torch.isfinite(loss.detach())) else None  # a skipped step: no average
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight
 

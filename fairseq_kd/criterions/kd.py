@@ -25,6 +25,7 @@ from kd_core.distiller import kd_context, kd_objective
 from kd_core.errors import require
 from kd_core.losses.lfmmi_graph import cached_den_graph
 from kd_core.losses.registry import KDContext, build_kd_loss, user_options
+from kd_core.numerics import NonFiniteGuard
 
 from ..errors import one_line_errors
 
@@ -36,6 +37,9 @@ class KDCriterionConfig(FairseqDataclass):
     kd_weight: float = field(default=1.0, metadata={"help": "weight of the KD loss (0: train from transcripts only)"})
     ctc_weight: float = field(default=1.0, metadata={"help": "weight of the student's CTC loss on batches with transcripts"})
     post_process: str = field(default="letter", metadata={"help": "how validation WER turns units into words"})
+    kd_max_nonfinite: int = field(default=20, metadata={
+        "help": "a step with a nan/inf KD term gets zero gradient and is counted (kd_skipped); this many in a row stop "
+                "training with one line (0: never)"})
 
 
 SHARED_FIELDS = {f.name for f in fields(KDCriterionConfig)}
@@ -53,6 +57,7 @@ class KDCriterion(FairseqCriterion):
     def __init__(self, cfg: KDCriterionConfig, task):
         super().__init__(task)
         self.cfg = cfg
+        self._nonfinite = NonFiniteGuard(cfg.kd_max_nonfinite, "criterion.kd_max_nonfinite")
         model = getattr(task, "kd_model", None)
         require(model is not None and hasattr(model, "student"), "criterion kd_*: needs task._name=kd_audio and "
                 "model._name=kd_streaming_student")
@@ -99,7 +104,14 @@ class KDCriterion(FairseqCriterion):
         loss, denom, stats = kd_objective(self.kd_loss, student, teacher_out, self.kd_weight, self.ctc_weight,
                                           targets, target_lengths)
         b = int(denom)
+        with one_line_errors():  # too many non-finite steps in a row: the run ends with one line
+            skipped = model.training and self.kd_weight > 0 and not self._nonfinite.check(torch.tensor(stats.get("kd", 0.0)))
+        if skipped:  # fairseq raises on a non-finite gradient outside AMP: the step gets zero gradient instead
+            loss = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
+            stats = {}
         log = {"loss": loss.item(), "ntokens": sample.get("ntokens", b), "nsentences": b, "sample_size": b}
+        if model.training and self.kd_weight > 0:
+            log["_stat_kd_skipped"] = float(skipped) * b
         log.update({f"_stat_{k}": v * b for k, v in stats.items() if k != "loss"})
         if not model.training and targets is not None and student.logits is not None:
             log.update(self._errors(student.logits, student.lengths, targets))

@@ -1,5 +1,6 @@
 """The real ESPnet trainer distils tiny real teachers through ``espnet2.bin.asr_kd_train``."""
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -148,3 +149,23 @@ def test_bad_input_fails_before_training_with_one_line(espnet_data, tiny_teacher
     last = proc.stderr.strip().splitlines()[-1]
     assert needle in last and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not list((tmp_path / "exp").glob("*.pth"))
+
+
+def test_nonfinite_kd_steps_are_skipped_counted_and_stop_the_run(espnet_data, tiny_teachers, tmp_path):
+    """A teacher whose targets are nan: every KD step is skipped (ESPnet's trainer leaves the weights alone) and
+    counted in the reporter (``kd_skipped``); with ``kd_max_nonfinite=2`` the run stops with one line."""
+    state = torch.load(tiny_teachers["fairseq_hubert"], map_location="cpu", weights_only=False)
+    state["model"]["encoder.layer_norm.weight"][0] = float("nan")
+    torch.save(state, tmp_path / "nan_teacher.pt")
+    kd = ["--teacher_type", "fairseq", "--teacher_path", tmp_path / "nan_teacher.pt", "--kd_loss_conf", "layer_map='1:1'",
+          "--max_epoch", "1"]
+    out = tmp_path / "exp"
+    _train(espnet_data, out, *CHUNKED, *kd, "--model_conf", "kd_max_nonfinite=0")
+    stats = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)["reporter"]["stats"][1]["train"]
+    assert stats["kd_skipped"] == 1.0 and math.isfinite(stats["loss_asr"]), stats
+    weights = torch.load(out / "1epoch.pth", map_location="cpu")
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+    proc = _train(espnet_data, tmp_path / "stop", *CHUNKED, *kd, "--model_conf", "kd_max_nonfinite=2", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "asr_kd_train: error: --model_conf kd_max_nonfinite=2: 2 training steps in a row had a non-finite KD term")

@@ -1,5 +1,6 @@
 """The real ``fairseq-hydra-train`` distils the tiny fairseq teachers: resume, stock reload, decoding, methods."""
 import json
+import re
 import subprocess
 import sys
 
@@ -142,3 +143,24 @@ def test_hubert_disc_method(fairseq_data, tiny_teachers, tmp_path):
     assert "kd_disc" in p.stdout and "HubertDiscKDLoss" in p.stdout
     state = _state(tmp_path / "disc/checkpoint_last.pt")
     assert any(k.startswith("kd_loss.disc_proj.") for k in state["criterion"])
+
+
+def test_nonfinite_kd_steps_get_zero_gradient_are_counted_and_stop_the_run(fairseq_data, tiny_teachers, tmp_path):
+    """A teacher whose targets are nan: fairseq would raise FloatingPointError on the first step; the criterion gives
+    those steps zero gradient and counts them (``kd_skipped``), and ``kd_max_nonfinite=2`` ends the run with one line."""
+    import torch
+
+    state = torch.load(tiny_teachers["fairseq_hubert"], map_location="cpu", weights_only=False)
+    state["model"]["encoder.layer_norm.weight"][0] = float("nan")
+    torch.save(state, tmp_path / "nan_teacher.pt")
+    args = [f"task.data={fairseq_data['letters']}", f"model.teacher_path={tmp_path / 'nan_teacher.pt'}",
+            "criterion.layer_map='1:1'", "optimization.max_epoch=1"]
+    done = hydra_train(*args, "criterion.kd_max_nonfinite=0", save_dir=tmp_path / "exp", cwd=tmp_path)
+    skipped = re.findall(r"\[train\]\[INFO\] - epoch .* kd_skipped ([0-9.]+)", done.stdout)  # epoch summary: fraction skipped
+    assert skipped and float(skipped[-1]) == 1.0, done.stdout[-2000:]
+    weights = _state(tmp_path / "exp" / "checkpoint_last.pt")["model"]
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+    stop = hydra_train(*args, "criterion.kd_max_nonfinite=2", save_dir=tmp_path / "stop", cwd=tmp_path, check=False)
+    assert stop.returncode != 0
+    assert ("fairseq_kd: error: criterion.kd_max_nonfinite=2: 2 training steps in a row had a non-finite KD term"
+            in stop.stderr.strip().splitlines()[-1]), stop.stderr[-2000:]
