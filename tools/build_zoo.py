@@ -191,21 +191,21 @@ def make_kmeans_labels(work: Path, jobs: int = 2, centroids: Optional[Path] = No
 _UPD = re.compile(r'"num_updates": "?(\d+)')
 
 
-def fairseq_train(config: str, overrides: Sequence[str], save_dir: Path, threads: int) -> None:
+def fairseq_train(config: str, overrides: Sequence[str], save_dir: Path, threads: int, config_dir: Path = CONF) -> None:
     """``fairseq-hydra-train --config-dir conf/fairseq/zoo --config-name config overrides``, resumed from
     ``save_dir/checkpoint_last.pt`` by fairseq itself; a progress bar with ETA follows its json log."""
     from tqdm import tqdm
 
     import yaml
 
-    total = int(yaml.safe_load((CONF / f"{config}.yaml").read_text())["optimization"]["max_update"])
+    total = int(yaml.safe_load((config_dir / f"{config}.yaml").read_text())["optimization"].get("max_update", 0))
     for o in overrides:
         if o.startswith("optimization.max_update="):
             total = int(o.split("=", 1)[1])
     save_dir.mkdir(parents=True, exist_ok=True)
     # the plugin lets torch unpickle the Dictionary in HuBERT checkpoints' task state (resuming; fine-tuning
     # from hubert_mini) and registers kd_hubert_ctc
-    cmd = ["fairseq-hydra-train", "--config-dir", str(CONF), "--config-name", config, f"checkpoint.save_dir={save_dir}",
+    cmd = ["fairseq-hydra-train", "--config-dir", str(config_dir), "--config-name", config, f"checkpoint.save_dir={save_dir}",
            f"common.user_dir={ROOT / 'fairseq_kd'}", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log.info("%s", " ".join(cmd))
@@ -336,6 +336,8 @@ def hubert_mini_card(work: Path, sha: str) -> str:
 def hubert_mini_ctc_card(work: Path, sha: str, res: Dict) -> str:
     import torch
 
+    from tools.zoo_baseline import bar_lines
+
     run = work / "runs/hubert_mini_ctc"
     state = torch.load(ZOO / "hubert_mini_ctc/hubert_mini_ctc.pt", map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in state["model"].values())
@@ -359,7 +361,10 @@ def hubert_mini_ctc_card(work: Path, sha: str, res: Dict) -> str:
              "| set | utterances | WER % | CER % |", "|---|---|---|---|"] + [
              f"| {k} | {v['utterances']} | {v['wer']} | {v['cer']} |" for k, v in res.items()] + [
              "", "## Data", ""] + _data_lines(work) + [
-             "", "## Learning curve (valid, fairseq's own greedy decoding)", "", "| update | loss | UER % | WER % |",
+             "", "## Quality bar: against the best from-scratch student of at most 1/12 the parameters", ""] + bar_lines(
+             run / "train.log", work / "runs/scratch_s12/train.log", params / 1e6) + [
+             "", "![valid UER and WER of the teacher and the scratch student](learning_curve.png)", "",
+             "## Learning curve (valid, fairseq's own greedy decoding)", "", "| update | loss | UER % | WER % |",
              "|---|---|---|---|"] + [f"| {r['update']} | {r['loss']} | {r['uer']} | {r['wer']} |" for r in curve] + [""]
     return "\n".join(lines)
 
@@ -395,8 +400,21 @@ def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
     res = evaluate_ctc_teacher(out / "hubert_mini_ctc.pt", out, {s: ft / f"{s}.tsv" for s in ("test_synth", "test_fsdd", "valid")},
                                threads=threads)
     atomic_write_text(work / "hubert_mini_ctc_eval.json", json.dumps(res, indent=1) + "\n")  # with every hypothesis
+    from tools.zoo_baseline import plot_curves
+
+    plot_curves(run / "train.log", work / "runs/scratch_s12/train.log", out / "learning_curve.png")
     write_card("hubert_mini_ctc", hubert_mini_ctc_card(work, sha, res))
     log.info("hubert_mini_ctc WER: %s", {k: v["wer"] for k, v in res.items()})
+
+
+def build_scratch_baseline(work: Path, threads: int, fsdd_dir: str) -> None:
+    """The quality bar's from-scratch student on the labelled set (``tools/zoo_baseline.py``)."""
+    from tools.zoo_baseline import SCRATCH_OVERRIDES
+
+    make_data(work, fsdd_dir)
+    ft = work / "finetune"
+    fairseq_train("kd_streaming", [f"task.data={ft}", *SCRATCH_OVERRIDES], work / "runs/scratch_s12", threads,
+                  config_dir=ROOT / "conf/fairseq")
 
 
 def status(work: Path) -> None:
@@ -411,7 +429,7 @@ def status(work: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=["hubert_mini", "hubert_mini_ctc", "data", "status"])
+    p.add_argument("model", choices=["hubert_mini", "hubert_mini_ctc", "scratch_s12", "data", "status"])
     p.add_argument("--work", default=str(ROOT / "exp/zoo"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fsdd-dir", default=str(ROOT.parent / "shared/data/fsdd"))
@@ -425,6 +443,8 @@ def main(argv=None) -> None:
         make_kmeans_labels(work)
     elif a.model == "hubert_mini":
         build_hubert_mini(work, a.threads, a.fsdd_dir)
+    elif a.model == "scratch_s12":
+        build_scratch_baseline(work, a.threads, a.fsdd_dir)
     else:
         build_hubert_mini_ctc(work, a.threads, a.fsdd_dir)
 
