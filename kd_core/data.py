@@ -13,8 +13,8 @@ from .errors import KDConfigError, require
 def load_audio(path: str, sample_rate: int = 16000) -> torch.Tensor:
     """Read a mono wav with soundfile -> ``(S,)`` float32 in [-1, 1].
 
-    Raises :class:`KDConfigError` on a missing/unreadable file, a different sample rate or
-    empty audio, naming the file and the fix.
+    Raises :class:`KDConfigError` on a missing/unreadable file, a different sample rate, empty or
+    multi-channel audio, naming the file and the fix.
     """
     import soundfile as sf
 
@@ -25,7 +25,9 @@ def load_audio(path: str, sample_rate: int = 16000) -> torch.Tensor:
         raise KDConfigError(f"{path}: cannot read audio ({type(e).__name__}); re-encode it as 16-bit PCM wav") from None
     require(sr == sample_rate, f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz; resample (e.g. sox in.wav -r {sample_rate} out.wav)")
     require(data.shape[0] > 0, f"{path}: empty audio (0 samples); remove it from the data list")
-    return torch.from_numpy(data.mean(axis=1))
+    require(data.shape[1] == 1, f"{path}: {data.shape[1]} channels, expected mono (a silent downmix could mix two "
+            f"speakers); downmix or pick a channel, e.g. sox in.wav -c 1 out.wav remix 1")
+    return torch.from_numpy(data[:, 0])
 
 
 @dataclass

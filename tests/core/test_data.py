@@ -13,9 +13,11 @@ def test_audio_errors(tmp_path):
     sf.write(tmp_path / "r8k.wav", np.zeros(800, dtype=np.float32), 8000)
     sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
     (tmp_path / "bad.wav").write_bytes(b"RIFF....garbage")
+    sf.write(tmp_path / "stereo.wav", np.zeros((1600, 2), dtype=np.float32), 16000)
     assert load_audio(str(tmp_path / "ok.wav")).shape == (1600,)
     for name, msg in [("r8k.wav", "sample rate 8000 Hz, expected 16000 Hz; resample"), ("empty.wav", "empty audio"),
-                      ("bad.wav", "cannot read audio"), ("nope.wav", "audio file not found")]:
+                      ("bad.wav", "cannot read audio"), ("nope.wav", "audio file not found"),
+                      ("stereo.wav", "2 channels, expected mono")]:
         with pytest.raises(KDConfigError, match=msg) as e:
             load_audio(str(tmp_path / name))
         assert name in str(e.value) and "\n" not in str(e.value)
