@@ -15,7 +15,7 @@ import torch
 from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.torch_utils.device_funcs import force_gatherable
 
-from kd_core.distiller import kd_term
+from kd_core.distiller import check_weights, kd_term
 from kd_core.errors import require
 from kd_core.hooks import capture_layers
 from kd_core.losses.registry import needs_logits
@@ -57,6 +57,7 @@ class ESPnetASRKDModel(ESPnetASRModel):
 
     def __init__(self, *args, kd_weight: float = 1.0, asr_weight: float = 1.0, kd_max_nonfinite: int = 20, **kwargs):
         super().__init__(*args, **kwargs)
+        check_weights("--model_conf ", kd_weight=kd_weight, asr_weight=asr_weight)
         self.kd_weight, self.asr_weight = float(kd_weight), float(asr_weight)
         self._nonfinite = NonFiniteGuard(kd_max_nonfinite, "--model_conf kd_max_nonfinite")
         self.kd_loss: Optional[torch.nn.Module] = None

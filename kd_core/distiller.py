@@ -10,6 +10,8 @@ ESPnet (``loss = sum / denom``, ``weight = denom``) and fairseq (``loss = sum``,
 """
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -57,6 +59,13 @@ def teacher_codebook(teacher, option: str) -> Callable[[], object]:
     return get
 
 
+def check_weights(prefix: str, **weights: float) -> None:
+    """One line for a negative or non-finite loss weight, named as the caller's option (``prefix`` + name)."""
+    for name, w in weights.items():
+        require(math.isfinite(float(w)) and float(w) >= 0, f"{prefix}{name}={w}: loss weights must be finite and >= 0 "
+                "(0 switches the term off)")
+
+
 class Distiller(nn.Module):
     """KD from a frozen teacher into a core student with any registered KD loss, plus optional CTC.
 
@@ -75,6 +84,7 @@ class Distiller(nn.Module):
                  kd_weight: float = 1.0, ctc_weight: float = 0.0, den_graph: Optional[Callable[[], object]] = None,
                  context: Optional[KDContext] = None, **loss_conf):
         super().__init__()
+        check_weights("", kd_weight=kd_weight, ctc_weight=ctc_weight)
         self.teacher = teacher
         require(teacher is None or teacher.sample_rate == student.sample_rate,
                 f"sample rates differ: teacher {getattr(teacher, 'sample_rate', None)} Hz, student {student.sample_rate} Hz; "

@@ -21,7 +21,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging.meters import safe_round
 
-from kd_core.distiller import kd_context, kd_objective
+from kd_core.distiller import check_weights, kd_context, kd_objective
 from kd_core.errors import require
 from kd_core.losses.lfmmi_graph import cached_den_graph
 from kd_core.losses.registry import KDContext, build_kd_loss, user_options
@@ -61,6 +61,7 @@ class KDCriterion(FairseqCriterion):
         model = getattr(task, "kd_model", None)
         require(model is not None and hasattr(model, "student"), "criterion kd_*: needs task._name=kd_audio and "
                 "model._name=kd_streaming_student")
+        check_weights("criterion.", kd_weight=cfg.kd_weight, ctc_weight=cfg.ctc_weight)
         self.kd_weight, self.ctc_weight = float(cfg.kd_weight), float(cfg.ctc_weight)
         self.kd_loss = None
         if self.kd_weight > 0:

@@ -141,6 +141,7 @@ def test_kd_from_zoo_teacher_into_stock_encoder_decodes_without_our_package(espn
     (["--kd_loss_conf", "layer_map='9:1'"], "teacher layer 9 out of range"),
     (["--frontend_conf", "fs=8000"], "--frontend_conf fs=8000, but the teacher expects 16000 Hz"),
     (["--frontend_conf", "hop_ms=7.5"], "frame shifts teacher=20 ms, student=30"),  # 30 ms, measured from output lengths
+    (["--model_conf", "kd_weight=-0.5"], "--model_conf kd_weight=-0.5: loss weights must be finite and >= 0"),
 ])
 def test_bad_input_fails_before_training_with_one_line(espnet_data, tiny_teachers, tmp_path, extra, needle):
     kd = ["--teacher_type", "fairseq", "--teacher_path", tiny_teachers["fairseq_hubert"], "--kd_loss_conf", "layer_map='1:1'"]
