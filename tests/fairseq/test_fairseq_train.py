@@ -164,3 +164,23 @@ def test_nonfinite_kd_steps_get_zero_gradient_are_counted_and_stop_the_run(fairs
     assert stop.returncode != 0
     assert ("fairseq_kd: error: criterion.kd_max_nonfinite=2: 2 training steps in a row had a non-finite KD term"
             in stop.stderr.strip().splitlines()[-1]), stop.stderr[-2000:]
+
+
+def test_frontend_kd_stage_a_then_layer_kd(fairseq_data, tiny_teachers, tmp_path):
+    """Waveform -> Fbank front-end KD: stage A trains only on the teacher's CNN output (teacher layer 0 -> student
+    layer 0, no CTC), so the encoder blocks above the input projection keep their initial weights; stage B (layer KD)
+    starts from stage A's weights."""
+    data, teacher = f"task.data={fairseq_data['letters']}", f"model.teacher_path={tiny_teachers['fairseq_hubert']}"
+    a, b = tmp_path / "a", tmp_path / "b"
+    pa = hydra_train("+method=frontend_kd", data, teacher, "optimization.max_epoch=1", save_dir=a, cwd=tmp_path)
+    assert "kd_l1_t0s0" in pa.stdout and "kd_l1_t3" not in pa.stdout
+    init = hydra_train("+method=frontend_kd", data, teacher, "optimization.max_epoch=1", "optimization.lr=[0.0]",
+                       save_dir=tmp_path / "init", cwd=tmp_path)
+    assert init.returncode == 0
+    trained, untouched = _state(a / "checkpoint_last.pt")["model"], _state(tmp_path / "init" / "checkpoint_last.pt")["model"]
+    moved = {k for k in trained if not (trained[k].float() - untouched[k].float()).abs().max() == 0}
+    assert moved and all(k.startswith(("student.frontend.", "student.encoder.embed.")) for k in moved), sorted(moved)
+    hydra_train(data, teacher, f"model.init_student={a / 'checkpoint_last.pt'}", "optimization.lr=[1e-9]",
+                "optimization.max_epoch=1", save_dir=b, cwd=tmp_path)
+    stage_b = _state(b / "checkpoint_last.pt")["model"]
+    assert max((trained[k].float() - stage_b[k].float()).abs().max() for k in trained) < 1e-4
