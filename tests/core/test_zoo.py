@@ -12,7 +12,7 @@ from float_noise import assert_float_noise_close
 from kd_core.teachers import load_teacher
 
 ZOO = Path(__file__).resolve().parents[2] / "zoo"
-SHIPPED = {"hubert_mini": "hubert_mini.pt"}  # hubert_mini_ctc: added when it is built (see zoo/README.md)
+SHIPPED = {"hubert_mini": "hubert_mini.pt", "hubert_mini_ctc": "hubert_mini_ctc.pt"}
 
 
 def _card_sha(name: str) -> str:
@@ -53,3 +53,21 @@ def test_hubert_mini_in_hugging_face_format_gives_the_same_targets(tmp_path):
     for x, y in zip(a.hidden, b.hidden):
         for i, n in enumerate(a.lengths.tolist()):  # FFN 1280 wide; 7 CNN layers + pos conv + 8 x (attention, FFN)
             assert_float_noise_close(y[i, :n], x[i, :n], width=1280, depth=24, what=f"utt {i}")
+
+
+def test_hubert_mini_ctc_loads_with_its_alphabet_and_shares_hubert_minis_shape():
+    """The fine-tuned teacher: fairseq's own ``hubert_ctc`` name, self-contained (pre-training config in
+    ``w2v_args``), fp16 without optimizer state; its CTC head covers fairseq's 4 specials + ``dict.ltr.txt``."""
+    from tools.zoo_eval import fairseq_letter_symbols
+
+    path, folder = ZOO / "hubert_mini_ctc/hubert_mini_ctc.pt", ZOO / "hubert_mini_ctc"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    assert state["cfg"]["model"]["_name"] == "hubert_ctc" and state["cfg"]["model"]["w2v_args"] is not None
+    assert state["last_optimizer_state"] is None
+    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float16}
+    teacher = load_teacher("fairseq", str(path), data_dir=str(folder))
+    base = load_teacher("fairseq", str(ZOO / "hubert_mini/hubert_mini.pt"))
+    assert (teacher.num_layers, teacher.hidden_size, teacher.frame_shift_ms) == (base.num_layers, base.hidden_size, 20.0)
+    assert teacher.vocab_size == len(fairseq_letter_symbols(folder / "dict.ltr.txt"))
+    out = teacher(torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1, torch.tensor([16000, 12000]))
+    assert out.logits.shape == (2, 49, teacher.vocab_size) and torch.isfinite(out.logits).all()

@@ -1,11 +1,16 @@
-"""The debug-size egs2 recipe runs end to end (data -> tokenizer -> stats -> teacher -> KD -> decode -> score)."""
+"""The debug-size egs2 recipe runs end to end (data -> tokenizer -> stats -> zoo teacher -> KD + scratch students -> decode
+-> score), every method on it, and the recipe's own teacher stage."""
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
+import yaml
 from conftest import ROOT
+
+ZOO_CTC = ROOT / "zoo/hubert_mini_ctc/hubert_mini_ctc.pt"
 
 
 @pytest.mark.slow
@@ -18,21 +23,32 @@ def test_debug_recipe_end_to_end(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [[c.strip() for c in r.split("|")[1:-1]] for r in (recipe / "exp/RESULTS.md").read_text().splitlines()[2:]]
-    table = {(r[0], r[1], r[2]): float(r[6]) for r in rows}  # model, decoding, test set -> WER
+    table = {(r[0], r[1], r[2]): r for r in rows}  # model, decoding, test set -> row
     has_fsdd = (ROOT.parent / "shared/data/fsdd/recordings").is_dir()
     tests = ["test_synth"] + (["test_fsdd"] if has_fsdd else [])
-    assert ("asr_teacher", "offline", "test_fsdd") in table if has_fsdd else not any(k[2] == "test_fsdd" for k in table)
+    assert ("teacher_hubert_mini_ctc", "offline", "test_fsdd") in table if has_fsdd else not any(k[2] == "test_fsdd" for k in table)
+    zoo_params = sum(v.numel() for v in torch.load(ZOO_CTC, weights_only=False)["model"].values()) / 1e6
     for t in tests:
-        assert ("asr_teacher", "offline", t) in table
-        # chunk-by-chunk streaming decoding equals the offline (masked) decoding of the same student
-        assert table[("asr_kd_student", "offline", t)] == table[("asr_kd_student", "streaming", t)]
-    assert (recipe / "exp/asr_teacher/teacher.zip").stat().st_size > 0
+        # the default teacher is the shipped zoo model, decoded through load_teacher; its size is the checkpoint's
+        assert abs(float(table[("teacher_hubert_mini_ctc", "offline", t)][3]) - zoo_params) < 0.01
+        for student in ("asr_kd_student", "asr_kd_student_scratch"):
+            # chunk-by-chunk streaming decoding equals the offline (masked) decoding of the same student
+            assert table[(student, "offline", t)][6] == table[(student, "streaming", t)][6]
+            assert float(table[(student, "streaming", t)][8]) > 0  # RTF from the decoding's wall time
+    kd_cfg = yaml.safe_load((recipe / "exp/asr_kd_student/config.yaml").read_text())
+    scratch_cfg = yaml.safe_load((recipe / "exp/asr_kd_student_scratch/config.yaml").read_text())
+    assert kd_cfg["teacher_type"] == "fairseq" and kd_cfg["teacher_path"] == str(ZOO_CTC)
+    assert kd_cfg["model_conf"]["kd_weight"] > 0 and scratch_cfg["model_conf"]["kd_weight"] == 0
     assert (recipe / "exp/asr_kd_student/export/config.yaml").exists()
     # rerunning a finished stage range resumes: training stages find their checkpoints and do not retrain
     before = (recipe / "exp/asr_kd_student/checkpoint.pth").stat().st_mtime_ns
     subprocess.run(["./run.sh", "--debug", "true", "--python", sys.executable, "--stage", "6", "--stop_stage", "6"],
                    cwd=recipe, env=env, capture_output=True, text=True, check=True)
     assert (recipe / "exp/asr_kd_student/checkpoint.pth").stat().st_mtime_ns == before
+    # the recipe's own teacher stage stays, behind --teacher_path "" (and is what run_methods.sh compares methods on)
+    subprocess.run(["./run.sh", "--debug", "true", "--python", sys.executable, "--teacher_path", "", "--teacher_type", "espnet",
+                    "--stage", "5", "--stop_stage", "5"], cwd=recipe, env=env, capture_output=True, text=True, check=True)
+    assert (recipe / "exp/asr_teacher/teacher.zip").stat().st_size > 0
     # every method on the same teacher and budget, into one table with each model's latency
     proc = subprocess.run(["./run_methods.sh", "--debug", "true", "--python", sys.executable], cwd=recipe, env=env,
                           capture_output=True, text=True)
@@ -40,6 +56,7 @@ def test_debug_recipe_end_to_end(tmp_path):
     rows = [[c.strip() for c in r.split("|")[1:-1]] for r in (recipe / "exp/RESULTS.md").read_text().splitlines()[2:]]
     models = {r[0] for r in rows}
     assert {f"asr_kd_student{t}" for t in ("", "_layerwise", "_scratch", "_aux_apc", "_lfmmi", "_stage2")} <= models
+    assert "asr_teacher" in models  # the methods' teacher, decoded with ESPnet's asr_inference
     assert all(r[4] == "525" for r in rows if r[0].startswith("asr_kd_student"))  # 480 ms chunk + 45 ms front-end
     assert (recipe / "exp/asr_kd_student_stage1/stage1.zip").exists()
     if not has_fsdd:  # everything else was checked; say what was not

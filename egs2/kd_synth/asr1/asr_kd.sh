@@ -3,39 +3,52 @@
 # the same commands ESPnet's asr.sh runs for `--asr_task asr_kd` (espnet2.bin.asr_kd_train with
 # --collect_stats, training, espnet2.bin.asr_kd_inference), plus teacher training and scoring.
 #   1 data   2 dump/raw   3 sentencepiece tokenizer   4 collect stats   5 teacher (train + pack,
-#   skipped with --teacher_path)   6 KD training of the streaming student   7 export student
-#   8 decoding (offline + chunk-by-chunk streaming; exported student also with stock asr_inference)
-#   9 scoring (jiwer WER table -> exp/RESULTS.md)
+#   skipped with --teacher_path)   6 KD training of the streaming student (+ the same student from scratch
+#   with --scratch true)   7 export student   8 decoding (students offline + chunk-by-chunk streaming; the
+#   teacher: ESPnet's asr_inference, or greedy CTC through load_teacher for a fairseq zoo teacher)
+#   9 scoring (jiwer WER, parameters, latency and RTF -> exp/RESULTS.md)
 set -euo pipefail
 
 stage=1; stop_stage=9; debug=false; python=python3; nj=2
 teacher_config=conf/train_teacher.yaml; student_config=conf/train_student.yaml; inference_config=conf/decode.yaml
 teacher_type=espnet; teacher_path=""      # default: the teacher trained in stage 5
+teacher_dict=""        # fairseq letter-CTC teacher: folder with its dict.ltr.txt (decodes the teacher in stage 8)
+scratch=false          # stage 6 also trains the same student without a teacher (conf/method_scratch.yaml)
+teacher_overrides=""   # student-config overrides that fit the teacher (its layer map), before --debug's sizes;
+                       # default with the recipe's own teacher: conf/teacher_espnet.yaml
+teacher_cache=true     # teacher targets computed once (first epoch) into exp/teacher_targets, then read back
 student_overrides=""   # e.g. "conf/method_aux_apc.yaml": merged on top of the student config
 student_tag=""         # experiment name suffix: exp/asr_kd_student${student_tag}
 init_student=""        # two-stage: initialise the student from this model file (stage-1 student)
 teacher_task=asr       # asr_kd when the teacher is a (packed) student trained with asr_kd (two-stage)
 nbpe=64; fs=16k
 train_set=train; valid_set=valid; test_sets="test_synth test_fsdd"
-num_train=600; num_valid=60; num_test=100; fsdd_max=0; text_source=wordnet
+num_train=600; num_valid=60; num_test=100; fsdd_max=0; fsdd_train=0; text_source=wordnet
 . ./local/parse_options.sh "$@"
 
 log() { echo "$(date '+%F %T') (asr_kd.sh) $*" >&2; }
 run() { log "$*"; "$@"; }
 if [ "$debug" = true ]; then  # CI size: a few minutes end to end
-    num_train=48; num_valid=8; num_test=8; fsdd_max=8; text_source=grammar; nbpe=30
+    num_train=48; num_valid=8; num_test=8; fsdd_max=8; fsdd_train=4; text_source=grammar; nbpe=30
     cfg() { local base=$1; echo "${base%.yaml}_debug.yaml"; }
 else
     cfg() { :; }
 fi
-merged() {  # merged() base.yaml out.yaml [more overrides]: base + the debug override + the rest
-    local base=$1 out=$2 over; shift 2; over=$(cfg "$base"); mkdir -p "$(dirname "$out")"
-    "$python" local/merge_yaml.py "$base" ${over:+"$over"} "$@" > "$out"
+merged() {  # merged base.yaml out.yaml [early ... --] [late ...]: base + early + (--debug true) the CI-size override + late
+    local base=$1 out=$2 over early=(); shift 2; over=$(cfg "$base"); mkdir -p "$(dirname "$out")"
+    if [[ " $* " == *" -- "* ]]; then while [ "$1" != -- ]; do early+=("$1"); shift; done; shift; fi
+    "$python" local/merge_yaml.py "$base" "${early[@]}" ${over:+"$over"} "$@" > "$out"
 }
 token_dir=data/token_list/bpe_unigram${nbpe}
 stats_dir=exp/asr_stats_raw_bpe${nbpe}
 teacher_dir=exp/asr_teacher
 student_dir=exp/asr_kd_student${student_tag}
+student_dirs=("$student_dir"); [ "$scratch" = true ] && student_dirs+=("${student_dir}_scratch")
+root=$(cd "${KD_ROOT:-../../..}" && pwd)  # the repository (its tools package)
+timed() {  # timed OUT_DIR cmd...: run, then write the wall time to OUT_DIR/decode_seconds (for the RTF column)
+    local out=$1 t0; shift; t0=$(date +%s.%N); run "$@"; mkdir -p "$out"
+    awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f\n", b - a }' > "$out/decode_seconds"
+}
 common=(--use_preprocessor true --token_type bpe --bpemodel "$token_dir/bpe.model" --token_list "$token_dir/tokens.txt"
         --non_linguistic_symbols none --cleaner none --g2p none --frontend_conf "fs=$fs" --ngpu 0)
 data_opts=(--train_data_path_and_name_and_type "dump/raw/$train_set/wav.scp,speech,sound"
@@ -49,7 +62,7 @@ shape_opts=(--train_shape_file "$stats_dir/train/speech_shape" --train_shape_fil
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     log "Stage 1: data"
     run ./local/data.sh --num_train "$num_train" --num_valid "$num_valid" --num_test "$num_test" \
-        --fsdd_max "$fsdd_max" --text_source "$text_source" --python "$python" --nj "$nj"
+        --fsdd_max "$fsdd_max" --fsdd_train "$fsdd_train" --text_source "$text_source" --python "$python" --nj "$nj"
 fi
 test_sets_present=""; for t in $test_sets; do [ -d "data/$t" ] && test_sets_present+=" $t"; done
 
@@ -83,7 +96,10 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     for s in train valid; do mv -f "$stats_dir/$s/text_shape" "$stats_dir/$s/text_shape.bpe"; done
 fi
 
-if [ -z "$teacher_path" ]; then teacher_path=$teacher_dir/teacher.zip; teacher_type=espnet; fi
+if [ -z "$teacher_path" ]; then  # the recipe's own teacher (6 blocks): the layer map of conf/teacher_espnet.yaml
+    teacher_path=$teacher_dir/teacher.zip; teacher_type=espnet; teacher_dict=""
+    teacher_overrides=${teacher_overrides:-conf/teacher_espnet.yaml}
+fi
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ] && [ "$teacher_path" = "$teacher_dir/teacher.zip" ]; then
     log "Stage 5: teacher (stock espnet2.bin.asr_train, non-streaming conformer CTC) + espnet2.bin.pack"
     merged "$teacher_config" "$teacher_dir/train_config.yaml"
@@ -96,13 +112,18 @@ fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     log "Stage 6: KD training of the streaming student (espnet2.bin.asr_kd_train, teacher: $teacher_type $teacher_path)"
-    # shellcheck disable=SC2086
-    merged "$student_config" "$student_dir/train_config.yaml" $student_overrides
     tconf=(); [ "$teacher_type" = espnet ] && tconf=(--teacher_conf "cachedir=$PWD/exp/teacher_cache" --teacher_conf "task=$teacher_task")
+    [ "$teacher_type" = fairseq ] && [ -n "$teacher_dict" ] && tconf=(--teacher_conf "data_dir=$teacher_dict")
+    [ "$teacher_cache" = true ] && tconf+=(--teacher_cache_dir "$PWD/exp/teacher_targets")
     init=(); [ -n "$init_student" ] && init=(--init_param "$init_student:encoder:encoder" "$init_student:frontend:frontend" "$init_student:ctc:ctc")
-    run "$python" -m espnet2.bin.asr_kd_train "${init[@]}" "${common[@]}" --config "$student_dir/train_config.yaml" "${data_opts[@]}" "${shape_opts[@]}" \
-        --teacher_type "$teacher_type" --teacher_path "$teacher_path" "${tconf[@]}" \
-        --resume true --output_dir "$student_dir"
+    for dir in "${student_dirs[@]}"; do
+        over="$student_overrides"; [ "$dir" != "$student_dir" ] && over="$over conf/method_scratch.yaml"
+        # shellcheck disable=SC2086
+        merged "$student_config" "$dir/train_config.yaml" $teacher_overrides -- $over
+        run "$python" -m espnet2.bin.asr_kd_train "${init[@]}" "${common[@]}" --config "$dir/train_config.yaml" "${data_opts[@]}" "${shape_opts[@]}" \
+            --teacher_type "$teacher_type" --teacher_path "$teacher_path" "${tconf[@]}" \
+            --resume true --output_dir "$dir"
+    done
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
@@ -115,23 +136,29 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     log "Stage 8: decoding"
     for t in $test_sets_present; do
         data=(--data_path_and_name_and_type "dump/raw/$t/wav.scp,speech,sound")
-        if [ -f "$teacher_dir/valid.loss.ave.pth" ]; then
-            run "$python" -m espnet2.bin.asr_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+        if [ "$teacher_path" = "$teacher_dir/teacher.zip" ] && [ -f "$teacher_dir/valid.loss.ave.pth" ]; then
+            timed "$teacher_dir/decode_offline/$t" "$python" -m espnet2.bin.asr_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
                 --asr_train_config "$teacher_dir/config.yaml" --asr_model_file "$teacher_dir/valid.loss.ave.pth" \
                 --output_dir "$teacher_dir/decode_offline/$t"
+        elif [ "$teacher_type" = fairseq ] && [ -n "$teacher_dict" ]; then  # a zoo teacher: greedy CTC, load_teacher
+            out=$PWD/exp/teacher_$(basename "${teacher_path%.pt}")/decode_offline/$t
+            timed "$out" env -C "$root" "$python" -m tools.zoo_eval \
+                --checkpoint "$teacher_path" --dict_dir "$teacher_dict" --wav_scp "$PWD/dump/raw/$t/wav.scp" --out_dir "$out"
         fi
-        run "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
-            --asr_train_config "$student_dir/config.yaml" --asr_model_file "$student_dir/valid.loss.ave.pth" \
-            --output_dir "$student_dir/decode_offline/$t"
-        run "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
-            --asr_train_config "$student_dir/config.yaml" --asr_model_file "$student_dir/valid.loss.ave.pth" \
-            --kd_chunk_streaming true --output_dir "$student_dir/decode_streaming/$t"
+        for dir in "${student_dirs[@]}"; do
+            timed "$dir/decode_offline/$t" "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+                --asr_train_config "$dir/config.yaml" --asr_model_file "$dir/valid.loss.ave.pth" \
+                --output_dir "$dir/decode_offline/$t"
+            timed "$dir/decode_streaming/$t" "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+                --asr_train_config "$dir/config.yaml" --asr_model_file "$dir/valid.loss.ave.pth" \
+                --kd_chunk_streaming true --output_dir "$dir/decode_streaming/$t"
+        done
     done
 fi
 
 if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
     log "Stage 9: scoring"
     # shellcheck disable=SC2046
-    run "$python" local/score.py --ref_dir dump/raw --out exp/RESULTS.md $(ls -d exp/asr_*/decode_*/* 2>/dev/null)
+    run "$python" local/score.py --ref_dir dump/raw --out exp/RESULTS.md $(ls -d exp/{teacher,asr}_*/decode_*/* 2>/dev/null)
 fi
 log "done"

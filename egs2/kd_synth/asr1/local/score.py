@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""WER per decoding directory with jiwer, plus each model's size and algorithmic latency -> Markdown.
+"""WER per decoding directory with jiwer, plus each model's size, algorithmic latency and real-time factor -> Markdown.
 
 Usage: ``local/score.py --ref_dir dump/raw --out exp/RESULTS.md DECODE_DIR [...]`` where each DECODE_DIR is
-``<exp>/decode_<tag>/<test_set>`` holding ``1best_recog/text`` (ESPnet's layout).
+``<exp>/decode_<tag>/<test_set>`` holding ``1best_recog/text`` (ESPnet's layout). RTF: the decoding command's wall
+time (``decode_seconds``, written by asr_kd.sh; model loading included, one process) over the test set's audio.
+A zoo teacher decoded by ``tools/zoo_eval.py`` describes itself in ``<exp>/model_info.json``.
 """
+import json
 import argparse
 import math
 from pathlib import Path
@@ -24,6 +27,8 @@ def read(path: Path) -> dict:
 def model_info(exp: Path) -> tuple:
     """(parameters in millions without training-only KD heads, algorithmic latency in ms, inf or None)."""
     params = float("nan")
+    if (exp / "model_info.json").is_file():  # a zoo teacher (tools/zoo_eval.py): full context
+        return json.loads((exp / "model_info.json").read_text())["params_m"], math.inf
     for name in ("valid.loss.ave.pth", "valid.loss.best.pth"):
         if (exp / name).exists():
             state = torch.load(exp / name, map_location="cpu")
@@ -47,14 +52,22 @@ def model_info(exp: Path) -> tuple:
     return params, latency
 
 
+def audio_seconds(wav_scp: Path) -> float:
+    import soundfile
+
+    entries = [line.split(maxsplit=1)[1] for line in wav_scp.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return sum(soundfile.info(path).duration for path in entries)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ref_dir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("dirs", nargs="*")
     a = p.parse_args()
-    rows = ["| model | decoding | test set | params (M) | latency (ms) | utts | WER % | CER % |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | decoding | test set | params (M) | latency (ms) | utts | WER % | CER % | RTF |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    durations = {}
     for d in map(Path, a.dirs):
         hyp_file = d / "1best_recog" / "text"
         if not hyp_file.is_file():
@@ -68,8 +81,13 @@ def main() -> None:
         params, latency = model_info(d.parent.parent)
         decoding = d.parent.name.replace("decode_", "")
         lat = "n/a" if latency is None else "full context" if math.isinf(latency) else f"{latency:.0f}"
+        rtf = "n/a"
+        if (d / "decode_seconds").is_file():
+            if d.name not in durations:
+                durations[d.name] = audio_seconds(Path(a.ref_dir) / d.name / "wav.scp")
+            rtf = f"{float((d / 'decode_seconds').read_text()) / durations[d.name]:.3f}"
         rows.append(f"| {d.parent.parent.name} | {decoding} | {d.name} | {params:.2f} | {lat} | {len(keys)} | "
-                    f"{100 * jiwer.wer(r, h):.1f} | {100 * jiwer.cer(r, h):.1f} |")
+                    f"{100 * jiwer.wer(r, h):.1f} | {100 * jiwer.cer(r, h):.1f} | {rtf} |")
     Path(a.out).write_text("\n".join(rows) + "\n", encoding="utf-8")
     print("\n".join(rows))
 
