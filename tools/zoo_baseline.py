@@ -27,7 +27,8 @@ def bar_lines(teacher_log: Path, scratch_log: Path, teacher_params: float) -> Li
     """Markdown: the teacher's best valid WER/UER vs the scratch student's, and whether the 25 % bar is met."""
     import torch
 
-    t, s = valid_curve(teacher_log), valid_curve(scratch_log)
+    t = valid_curve(teacher_log)
+    s = valid_curve(scratch_log) if scratch_log.is_file() else []
     if not t or not s:
         return [f"No scratch baseline yet (`python -m tools.build_zoo scratch_s12` writes {scratch_log})."]
     ckpt = scratch_log.parent / "checkpoint_last.pt"
