@@ -60,7 +60,7 @@ def main(argv: List[str] = None) -> None:
              "| teacher run | seconds per batch | audio seconds per second |", "|---|---|---|",
              f"| one utterance at a time | {t_alone:.3f} | {audio_s / t_alone:.1f} |",
              f"| batched, per-utterance statistics | {t_batch:.3f} | {audio_s / t_batch:.1f} |",
-             f"| batched, bfloat16 autocast (`dtype=bfloat16`) | {t_bf16:.3f} | {audio_s / t_bf16:.1f} |", "",
+             f"| batched, bfloat16 autocast (`compute_dtype=bfloat16`) | {t_bf16:.3f} | {audio_s / t_bf16:.1f} |", "",
              f"bfloat16 vs float32 (both batched): {t_batch / t_bf16:.2f}x; largest relative (Frobenius) error of a layer "
              f"{rel:.1e}", "",
              f"speed-up {t_alone / t_batch:.2f}x; largest difference between the two on valid frames {diff:.2e} "

@@ -120,7 +120,7 @@ class ASRKDTask(ASRTask):
         group.add_argument("--teacher_path", type=str_or_none, default=None, help="Teacher checkpoint, zip or name")
         group.add_argument("--teacher_conf", action=NestedDictAction, default=dict(),
                            help="Teacher loader options (fairseq: data_dir; espnet: cachedir, task=asr|asr_kd; "
-                           "torchaudio: normalize_waveform; all: dtype=float32|bfloat16|float16, what the teacher computes in)")
+                           "torchaudio: normalize_waveform; all: compute_dtype=float32|bfloat16|float16, what the teacher computes in)")
         group.add_argument("--kd_den_graph_source", type=str, default="transcripts", choices=["transcripts", "teacher"],
                            help="--kd_loss lfmmi: estimate the denominator bigram from the training transcripts or from "
                            "the teacher's 1-best on the training audio (no transcripts needed)")

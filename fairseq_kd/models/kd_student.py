@@ -191,7 +191,7 @@ class KDStreamingStudentModel(BaseFairseqModel):
         from kd_core.cache import cached_teacher_for_loss
 
         conf = {"fairseq": {"data_dir": cfg.teacher_data_dir}}.get(str(cfg.teacher_type), {})
-        conf["dtype"] = str(cfg.teacher_dtype)
+        conf["compute_dtype"] = str(cfg.teacher_dtype)
         self._teacher = [cached_teacher_for_loss(kd_loss, self.teacher, str(cfg.teacher_type), cfg.teacher_path,
                                                  cfg.teacher_cache_dir, str(cfg.teacher_cache_mode),
                                                  str(cfg.teacher_cache_dtype), **conf)]

@@ -66,7 +66,7 @@ def teacher_fingerprint(teacher_type: str, teacher_path: str, teacher: Optional[
         else:
             content = "name:" + path
     conf = {k: v for k, v in sorted(teacher_conf.items()) if k not in LOCATION_ONLY_CONF and v is not None
-            and not (k == "dtype" and v == "float32")}  # the default, whether spelled out or not
+            and not (k == "compute_dtype" and v == "float32")}  # the default, whether spelled out or not
     return f"{teacher_type}|{content}" + (f"|{json.dumps(conf, sort_keys=True, default=str)}" if conf else "")
 
 

@@ -9,7 +9,7 @@ from .base import Teacher, TeacherOutput
 TEACHER_TYPES = ("fairseq", "torchaudio", "espnet", "huggingface")
 
 
-def load_teacher(teacher_type: str, teacher_path: str, dtype: str = "float32", **kwargs) -> Teacher:
+def load_teacher(teacher_type: str, teacher_path: str, compute_dtype: str = "float32", **kwargs) -> Teacher:
     """Load a frozen teacher.
 
     Args:
@@ -18,8 +18,8 @@ def load_teacher(teacher_type: str, teacher_path: str, dtype: str = "float32", *
             ``import_fairseq_model``), ``"espnet"`` (packed zip or espnet_model_zoo name) or ``"huggingface"``
             (a ``transformers`` wav2vec2/HuBERT/WavLM folder or a name in the local Hugging Face cache).
         teacher_path: path or name, as above.
-        dtype: what the teacher computes in (:meth:`Teacher.set_compute_dtype`: ``float32``, ``bfloat16``,
-            ``float16``); targets are float32 either way. ESPnet: ``--teacher_conf dtype=bfloat16``; fairseq:
+        compute_dtype: what the teacher computes in (:meth:`Teacher.set_compute_dtype`: ``float32``, ``bfloat16``,
+            ``float16``); targets are float32 either way. ESPnet: ``--teacher_conf compute_dtype=bfloat16``; fairseq:
             ``model.teacher_dtype=bfloat16``. Part of a target cache's identity.
         **kwargs: loader options (``data_dir`` for fairseq and torchaudio checkpoints,
             ``cachedir`` for espnet, ``normalize_waveform`` / ``aux_is_ctc`` for torchaudio).
@@ -33,7 +33,7 @@ def load_teacher(teacher_type: str, teacher_path: str, dtype: str = "float32", *
     # toolkits initialise a model's weights randomly before loading the checkpoint into it: a forked RNG
     # keeps the caller's random stream (the student's initialisation, data order) independent of the teacher
     with torch.random.fork_rng(devices=[]):
-        return _load(teacher_type, teacher_path, **kwargs).set_compute_dtype(dtype, "teacher dtype")
+        return _load(teacher_type, teacher_path, **kwargs).set_compute_dtype(compute_dtype, "teacher compute_dtype")
 
 
 def _load(teacher_type: str, teacher_path: str, **kwargs) -> Teacher:

@@ -58,7 +58,7 @@ class Teacher(nn.Module):
     padding_sensitive: bool = True
     compute_dtype: torch.dtype = torch.float32
 
-    def set_compute_dtype(self, name: str, option: str = "dtype") -> "Teacher":
+    def set_compute_dtype(self, name: str, option: str = "compute_dtype") -> "Teacher":
         """Compute targets under ``torch.autocast`` in ``name`` (``float32``, ``bfloat16``, ``float16``): matrix
         products and convolutions in that dtype, normalisations and softmax in float32; targets come back as
         float32. ``bfloat16`` halves the teacher's cost on CPUs with AVX512-BF16/AMX and is emulated (slower)

@@ -1,4 +1,4 @@
-"""Teachers under ``torch.inference_mode()`` computing in bfloat16 (``load_teacher(..., dtype=...)``): targets stay
+"""Teachers under ``torch.inference_mode()`` computing in bfloat16 (``load_teacher(..., compute_dtype=...)``): targets stay
 float32, usable in a loss's autograd graph, within a stated tolerance of the float32 targets, and the dtype is part
 of a target cache's identity."""
 import math
@@ -28,7 +28,7 @@ def _audio():
 def test_bfloat16_targets_within_tolerance_of_float32(tiny_teachers, kind, name):
     wav, lens = _audio()
     ref = load_teacher(kind, str(tiny_teachers[name]))(wav, lens)
-    got = load_teacher(kind, str(tiny_teachers[name]), dtype="bfloat16")(wav, lens)
+    got = load_teacher(kind, str(tiny_teachers[name]), compute_dtype="bfloat16")(wav, lens)
     assert torch.equal(got.lengths, ref.lengths)
     pairs = list(zip(got.hidden, ref.hidden)) + ([(got.logits, ref.logits)] if ref.logits is not None else [])
     for k, (g, r) in enumerate(pairs):
@@ -48,16 +48,16 @@ def test_targets_enter_a_loss_graph_and_float32_is_the_default(tiny_teachers):
     pred = torch.zeros_like(out.hidden[-1], requires_grad=True)
     torch.nn.functional.mse_loss(pred, out.hidden[-1]).backward()
     torch.testing.assert_close(pred.grad, -2 * out.hidden[-1] / out.hidden[-1].numel())
-    again = load_teacher("fairseq", path, dtype="float32")(wav, lens)
+    again = load_teacher("fairseq", path, compute_dtype="float32")(wav, lens)
     assert all(torch.equal(a, b) for a, b in zip(again.hidden, out.hidden))
 
 
 def test_dtype_is_part_of_the_cache_identity(tiny_teachers):
     path = str(tiny_teachers["fairseq_hubert"])
-    assert teacher_fingerprint("fairseq", path, dtype="float32") == teacher_fingerprint("fairseq", path)
-    assert teacher_fingerprint("fairseq", path, dtype="bfloat16") != teacher_fingerprint("fairseq", path)
+    assert teacher_fingerprint("fairseq", path, compute_dtype="float32") == teacher_fingerprint("fairseq", path)
+    assert teacher_fingerprint("fairseq", path, compute_dtype="bfloat16") != teacher_fingerprint("fairseq", path)
 
 
 def test_unknown_dtype_is_one_line(tiny_teachers):
-    with pytest.raises(KDConfigError, match=r"^teacher dtype='int8': unknown teacher dtype; choose one of float32, bfloat16, float16$"):
-        load_teacher("fairseq", str(tiny_teachers["fairseq_hubert"]), dtype="int8")
+    with pytest.raises(KDConfigError, match=r"^teacher compute_dtype='int8': unknown teacher dtype; choose one of float32, bfloat16, float16$"):
+        load_teacher("fairseq", str(tiny_teachers["fairseq_hubert"]), compute_dtype="int8")

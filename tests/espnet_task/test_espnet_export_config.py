@@ -16,7 +16,7 @@ def test_exported_config_has_no_kd_option_and_only_asr_train_options():
     assert {"teacher_cache_dir", "teacher_cache_mode", "teacher_cache_dtype", "kd_den_graph_source",
             "kd_den_graph_max_utts", "kd_init_from_teacher", "teacher_type", "teacher_path", "teacher_conf",
             "kd_loss", "kd_loss_conf"} <= set(options)
-    assert set(model_conf) == {"kd_weight", "asr_weight"}
+    assert set(model_conf) == {"kd_weight", "asr_weight", "kd_max_nonfinite"}
     cfg, stock = student_config(yaml.safe_load(yaml.safe_dump(config)))
     assert not set(cfg) & set(options) and not set(cfg["model_conf"]) & set(model_conf)
     assert "/train/machine" not in yaml.safe_dump(cfg)  # no path from the training machine
