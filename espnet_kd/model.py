@@ -123,11 +123,12 @@ class ESPnetASRKDModel(ESPnetASRModel):
             logits = self.ctc.ctc_lo(encoder_out) if needs_logits(self.kd_loss) else None
             loss_kd, kd_stats = kd_term(self.kd_loss, t_out, hidden, encoder_out_lens, logits)
             loss = loss + self.kd_weight * loss_kd
-            if not self.training or self._nonfinite.check(loss_kd.detach()):
+            finite = not self.training or self._nonfinite.check(loss_kd.detach())
+            if finite:
                 stats["loss_kd"] = loss_kd.detach()
                 stats.update({k: torch.tensor(v) for k, v in kd_stats.items()})
             if self.training:
-                stats["kd_skipped"] = torch.tensor(float(not torch.isfinite(loss_kd.detach())))
+                stats["kd_skipped"] = torch.tensor(float(not finite))
         stats["loss"] = loss.detach() if bool(torch.isfinite(loss.detach())) else None  # a skipped step: no average
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight

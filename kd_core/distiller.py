@@ -11,7 +11,6 @@ ESPnet (``loss = sum / denom``, ``weight = denom``) and fairseq (``loss = sum``,
 from __future__ import annotations
 
 import math
-
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch

@@ -18,7 +18,7 @@ from ..errors import KDConfigError, require
 
 log = logging.getLogger(__name__)
 
-#: ``dtype`` loader option -> the autocast dtype the teacher computes in (targets are returned as float32)
+#: ``compute_dtype`` loader option -> the autocast dtype the teacher computes in (targets are returned as float32)
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

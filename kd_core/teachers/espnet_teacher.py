@@ -107,7 +107,7 @@ def check_plain_weights(model_file: str, option: str, trust_pickle: bool) -> Non
 
     if trust_pickle:
         logger.warning("%s: trust_pickle=true: %s is unpickled in full (it can run code); only for files you trust",
-                    option, model_file)
+                       option, model_file)
         return
     try:
         torch.load(model_file, map_location="cpu", weights_only=True)
