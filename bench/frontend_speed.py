@@ -47,11 +47,12 @@ def main(argv: List[str] = None) -> None:
     n = int(16000 * a.seconds)
     wav, lens = torch.randn(a.batch, n), torch.full((a.batch,), n)
     audio_s = a.batch * a.seconds
+    ref = 'fairseq extractor, mode="layer_norm" (same function)'
     runs = {"kd_core WaveformCNN (channels-last)": lambda x: ours(x, lens)[0],
-            'fairseq extractor, mode="layer_norm" (same function)': lambda x: same(x).transpose(1, 2),
+            ref: lambda x: same(x).transpose(1, 2),
             'fairseq extractor, mode="default" (s3prl layout)': lambda x: default(x).transpose(1, 2)}
     with torch.no_grad():
-        diff = float((runs["kd_core WaveformCNN (channels-last)"](wav) - next(iter(list(runs.values())[1:]))(wav)).abs().max())
+        diff = float((ours(wav, lens)[0] - runs[ref](wav)).abs().max())
     rows = []
     for name, fn in runs.items():
         with torch.no_grad():
@@ -59,7 +60,7 @@ def main(argv: List[str] = None) -> None:
         x = wav.clone().requires_grad_(True)
         t_bwd = best_time(lambda: fn(x).sum().backward(), a.repeats)
         rows.append((name, t_fwd, t_bwd))
-    ref_f, ref_b = rows[1][1], rows[1][2]
+    ref_f, ref_b = next((f, b) for name, f, b in rows if name == ref)
     lines = ["# Student waveform-CNN front-end vs fairseq's extractors of the same layout", "",
              f"layers `{a.layers}`, batch of {a.batch} x {a.seconds:g} s, {a.threads} thread(s), best of {a.repeats}", "",
              "| front-end | forward s | audio s/s | forward+backward s | audio s/s | vs fairseq layer_norm (fwd / fwd+bwd) |",

@@ -6,8 +6,8 @@ Usage: ``local/score.py --ref_dir dump/raw --out exp/RESULTS.md DECODE_DIR [...]
 time (``decode_seconds``, written by asr_kd.sh; model loading included, one process) over the test set's audio.
 A zoo teacher decoded by ``tools/zoo_eval.py`` describes itself in ``<exp>/model_info.json``.
 """
-import json
 import argparse
+import json
 import math
 from pathlib import Path
 
