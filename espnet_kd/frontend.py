@@ -12,7 +12,8 @@ from kd_core.students.frontends import FRONTENDS
 
 
 class KDStreamingFrontend(AbsFrontend):
-    """Valid-convolution front-end: log-Mel + Conv2d x4 (``fbank``) or a waveform CNN (``wav_cnn``).
+    """Valid-convolution front-end: log-Mel + Conv2d x4 (``fbank``; ``kaldi_fbank`` with Kaldi's features, which
+    deployment runtimes compute, see ``kd_core.export_onnx``) or a waveform CNN (``wav_cnn``).
 
     Unlike ESPnet's ``default`` front-end (centred STFT) every output frame depends only on
     samples already received, so chunked decoding is exact. The output is already
@@ -20,8 +21,8 @@ class KDStreamingFrontend(AbsFrontend):
 
     Args:
         fs: sample rate (``16000`` or ``"16k"``, as ESPnet's ``asr.sh`` passes it).
-        kind: ``"fbank"`` or ``"wav_cnn"``.
-        n_mels, win_ms, hop_ms, channels: ``fbank`` options.
+        kind: ``"fbank"``, ``"kaldi_fbank"`` or ``"wav_cnn"``.
+        n_mels, win_ms, hop_ms, channels: ``fbank``/``kaldi_fbank`` options.
         conv_layers: ``wav_cnn`` layers ``[[channels, kernel, stride], ...]``.
     Shapes:
         ``(B, S)`` samples + ``(B,)`` -> ``(B, T, output_size())`` + ``(B,)``.
@@ -32,7 +33,7 @@ class KDStreamingFrontend(AbsFrontend):
         super().__init__()
         self.fs = int(humanfriendly.parse_size(fs)) if isinstance(fs, str) else int(fs)
         require(kind in FRONTENDS, f"frontend_conf.kind={kind!r}: unknown; choose one of {sorted(FRONTENDS)}")
-        if kind == "fbank":
+        if kind in ("fbank", "kaldi_fbank"):
             self.net = FRONTENDS[kind](n_mels=n_mels, sample_rate=self.fs, win_ms=win_ms, hop_ms=hop_ms, channels=channels)
         else:
             self.net = FRONTENDS[kind](**({"conv_layers": [tuple(c) for c in conv_layers]} if conv_layers else {}))

@@ -41,6 +41,18 @@ def load_checkpoint(path: str, data: Optional[str] = None):
     return models[0].eval(), task
 
 
+def deployable_student(path: str, data: Optional[str] = None):
+    """A ``kd_streaming_student`` checkpoint as the core's ``DeployableStudent`` (``python -m kd_core.export_onnx``):
+    its front-end, encoder and CTC head, and the task's dictionary (index 0 ``<s>`` is the CTC blank, ``|`` the
+    word boundary)."""
+    from kd_core.deploy.wenet_onnx import DeployableStudent
+
+    model, task = load_checkpoint(path, data)
+    student, d = model.student, task.target_dictionary
+    require(d is not None and student.ctc is not None, f"--checkpoint {path}: the student has no CTC head; the runtime decodes CTC")
+    return DeployableStudent(student.frontend, student.encoder, student.ctc, list(d.symbols), word_boundary="|")
+
+
 def decode_split(model, task, split: str, streaming: bool = False, piece_ms: float = 160.0) -> Dict[str, object]:
     """Decode every utterance of ``split``: ``{"hyps": [...], "refs": [...] or None, ...}``."""
     from fairseq.data.data_utils import post_process

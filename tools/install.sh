@@ -26,7 +26,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/python" -c "import kd_core, espnet2, fairseq, torchaudio" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/python" -c "import kd_core, espnet2, fairseq, torchaudio, sherpa_onnx" 2>/dev/null; then
   log "up to date ($VENV)"
   exit 0
 fi
@@ -39,7 +39,8 @@ log "torch 2.9.1 + torchaudio 2.9.1 (large download on first run)"
 "${PIP[@]}" install torch==2.9.1 torchaudio==2.9.1
 log "espnet 202511 + espnet_model_zoo 0.1.7 + tools"
 "${PIP[@]}" install torch==2.9.1 espnet==202511 espnet-model-zoo==0.1.7 sentencepiece jiwer pyyaml \
-  pytest soundfile matplotlib cython tqdm resampy tensorboard transformers==5.24.0
+  pytest soundfile matplotlib cython tqdm resampy tensorboard transformers==5.24.0 \
+  onnx==1.23.2 onnxruntime==1.32.0 sherpa-onnx==2.0.1
 if ! "$VENV/bin/python" -c "import fairseq.libbase" 2>/dev/null; then
   log "fairseq-fixed 0.12.3.1, compiled against the installed torch (no build isolation, no cache)"
   "${PIP[@]}" install hydra-core==1.3.2 omegaconf==2.3.0 bitarray sacrebleu regex cffi scikit-learn
@@ -57,6 +58,6 @@ for rel in ("taggers/averaged_perceptron_tagger_eng.zip", "corpora/cmudict.zip")
 PY
 log "this project (editable, PEP 660 through pyproject.toml)"
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
-"$VENV/bin/python" -c "import kd_core, espnet2, fairseq, torchaudio; print('torch', __import__('torch').__version__)"
+"$VENV/bin/python" -c "import kd_core, espnet2, fairseq, torchaudio, onnxruntime, sherpa_onnx; print('torch', __import__('torch').__version__)"
 echo "$WANT" > "$STAMP"
 log "done"

@@ -39,8 +39,9 @@ FBANK_FIELDS = ("n_mels", "win_ms", "hop_ms", "channels")
 @dataclass
 class KDStudentConfig(FairseqDataclass):
     # front-end (kd_core.students.frontends)
-    frontend: ChoiceEnum(["fbank", "wav_cnn"]) = field(default="fbank", metadata={
-        "help": "fbank: log-Mel + Conv2d x4; wav_cnn: wav2vec2-style waveform CNN (per-frame LayerNorm); both 40 ms frames"})
+    frontend: ChoiceEnum(["fbank", "kaldi_fbank", "wav_cnn"]) = field(default="fbank", metadata={
+        "help": "fbank: log-Mel + Conv2d x4; kaldi_fbank: Kaldi fbank + Conv2d x4 (what sherpa-onnx computes: needed to "
+                "export with kd_core.export_onnx); wav_cnn: wav2vec2-style waveform CNN (per-frame LayerNorm); all 40 ms frames"})
     n_mels: int = field(default=80, metadata={"help": "fbank: Mel bins"})
     win_ms: float = field(default=25.0, metadata={"help": "fbank: window length (ms)"})
     hop_ms: float = field(default=10.0, metadata={"help": "fbank: hop (ms); frames are 4 hops"})
@@ -110,7 +111,7 @@ def parse_conv_layers(spec: str):
 def student_from_cfg(cfg: KDStudentConfig, vocab_size: int, sample_rate: int) -> StreamingStudent:
     """The core student described by ``cfg``."""
     frontend = str(cfg.frontend)
-    if frontend == "fbank":
+    if frontend in ("fbank", "kaldi_fbank"):
         fe_conf = {k: getattr(cfg, k) for k in FBANK_FIELDS}
         fe_conf["sample_rate"] = sample_rate
     else:

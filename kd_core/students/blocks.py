@@ -1,7 +1,8 @@
 """Transformer and conformer blocks that run either on a whole masked sequence or chunk by chunk.
 
 A block sees ``x (B, T, D)`` plus an optional *prefix* of cached frames from earlier chunks:
-``kv_prefix (B, P, D)`` (this block's attention inputs of the P previous frames) and
+``kv_prefix (B, H, P, 2 * D / H)`` (this block's projected keys and values of the P previous frames,
+WeNet's attention-cache layout, which the ONNX export hands to the runtime as it is) and
 ``conv_prefix (B, K-1, D)`` (the depthwise-conv inputs of the previous K-1 frames). With the
 prefix the outputs of a chunk equal the outputs of the same frames in a full forward under the
 chunk mask, provided the convolution is causal (it is whenever the encoder is chunked).
@@ -29,14 +30,23 @@ class MultiHeadSelfAttention(nn.Module):
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def project_kv(self, kv_in: torch.Tensor) -> torch.Tensor:
+        """``(B, T, D)`` -> ``(B, H, T, 2 * D / H)``: per head, the keys then the values of each frame."""
+        b, t, _ = kv_in.shape
+        return self.kv(kv_in).view(b, t, 2, self.h, self.dk).permute(0, 3, 1, 2, 4).reshape(b, self.h, t, 2 * self.dk)
+
+    def attend(self, q_in: torch.Tensor, kv: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Queries ``(B, Tq, D)`` over projected keys/values ``(B, H, Tk, 2 * D / H)`` -> ``(B, Tq, D)``."""
         b, tq, d = q_in.shape
         q = self.q(q_in).view(b, tq, self.h, self.dk).transpose(1, 2)
-        k, v = self.kv(kv_in).view(b, -1, 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        k, v = kv.split(self.dk, dim=-1)
         attn_mask = None if mask is None else mask[:, None]
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(b, tq, d))
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.attend(q_in, self.project_kv(kv_in), mask)
 
 
 class FeedForward(nn.Sequential):
@@ -124,19 +134,18 @@ class EncoderBlock(nn.Module):
             attn_mask: ``(B, n_out, P + T)`` True where attention is allowed (``None``: all).
             n_out: only the first ``n_out`` frames are computed as queries/outputs (the rest
                 serve as attention look-ahead); default ``T``.
-            kv_prefix: ``(B, P, D)`` cached attention inputs of previous frames.
+            kv_prefix: ``(B, H, P, 2 * D / H)`` cached projected keys/values of previous frames.
             conv_prefix: ``(B, K-1, D)`` cached depthwise-conv inputs.
         Returns:
-            ``(out (B, n_out, D), attention inputs (B, n_out, D) to cache, new conv prefix)``.
+            ``(out (B, n_out, D), projected keys/values (B, H, n_out, 2 * D / H) to cache, new conv prefix)``.
         """
         n_out = x.size(1) if n_out is None else n_out
         if self.conformer:
             x = x + 0.5 * self.drop(self.ff1(self.norm_ff1(x)))
-        att_in = x
-        kv = att_in if kv_prefix is None else torch.cat([kv_prefix, att_in], dim=1)
-        kv = self.norm_att(kv)
-        q = kv[:, kv.size(1) - x.size(1) :][:, :n_out]
-        x = x[:, :n_out] + self.drop(self.att(q, kv, attn_mask))
+        h = self.norm_att(x)
+        kv = self.att.project_kv(h)
+        kv_all = kv if kv_prefix is None else torch.cat([kv_prefix, kv], dim=2)
+        x = x[:, :n_out] + self.drop(self.att.attend(h[:, :n_out], kv_all, attn_mask))
         valid = valid[:, :n_out]
         if self.conformer:
             c, conv_prefix = self.conv(self.norm_conv(x), valid, conv_prefix)
@@ -144,4 +153,4 @@ class EncoderBlock(nn.Module):
             x = self.norm_out(x + 0.5 * self.drop(self.ff(self.norm_ff(x))))
         else:
             x = x + self.drop(self.ff(self.norm_ff(x)))
-        return x.masked_fill(~valid[..., None], 0.0), att_in[:, :n_out], conv_prefix
+        return x.masked_fill(~valid[..., None], 0.0), kv[:, :, :n_out], conv_prefix

@@ -22,9 +22,11 @@ from ..streaming import chunk_attention_mask, lengths_to_mask
 from .blocks import EncoderBlock
 
 
-def sinusoidal_positions(start: int, length: int, dim: int, device=None) -> torch.Tensor:
-    """Absolute sinusoidal encodings for positions ``start .. start+length-1``: ``(length, dim)``."""
-    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)[:, None]
+def sinusoidal_positions(start, length: int, dim: int, device=None) -> torch.Tensor:
+    """Absolute sinusoidal encodings for positions ``start .. start+length-1``: ``(length, dim)``.
+
+    ``start`` is an int or a one-element tensor (the ONNX export passes the runtime's offset)."""
+    pos = (torch.arange(length, device=device, dtype=torch.float32) + start)[:, None]
     div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
     pe = torch.zeros(length, dim, device=device)
     pe[:, 0::2] = torch.sin(pos * div)
@@ -38,7 +40,7 @@ class StreamState:
 
     emitted: int = 0  # frames already embedded (absolute position of the next one)
     pending: Optional[torch.Tensor] = None  # (1, n, D) embedded frames not yet processed
-    kv: List[Optional[torch.Tensor]] = field(default_factory=list)
+    kv: List[Optional[torch.Tensor]] = field(default_factory=list)  # per layer (1, H, P, 2 * D / H) keys/values
     conv: List[Optional[torch.Tensor]] = field(default_factory=list)
 
 
@@ -82,7 +84,7 @@ class ChunkedEncoder(nn.Module):
     def output_size(self) -> int:
         return self.d_model
 
-    def embed_frames(self, feats: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def embed_frames(self, feats: torch.Tensor, start=0) -> torch.Tensor:
         """``(B, T, F)`` -> ``(B, T, D)`` projected frames plus positions ``start..``."""
         x = self.embed(feats)
         return self.dropout(x + sinusoidal_positions(start, x.size(1), self.d_model, x.device))
@@ -133,9 +135,9 @@ class ChunkedEncoder(nn.Module):
             outs[0].append(x[:, :n_out])
             valid = torch.ones(1, x.size(1), dtype=torch.bool)
             for i, layer in enumerate(self.layers):
-                x, att_in, state.conv[i] = layer(x, valid, None, n_out, state.kv[i], state.conv[i])
-                kv = att_in if state.kv[i] is None else torch.cat([state.kv[i], att_in], dim=1)
-                state.kv[i] = kv if keep is None else kv[:, kv.size(1) - min(keep, kv.size(1)) :]
+                x, kv_new, state.conv[i] = layer(x, valid, None, n_out, state.kv[i], state.conv[i])
+                kv = kv_new if state.kv[i] is None else torch.cat([state.kv[i], kv_new], dim=2)
+                state.kv[i] = kv if keep is None else kv[:, :, kv.size(2) - min(keep, kv.size(2)) :]
                 valid = valid[:, :n_out]
                 outs[i + 1].append(x)
             state.pending = state.pending[:, n_out:]

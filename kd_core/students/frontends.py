@@ -71,7 +71,8 @@ class FbankConv2d(nn.Module):
     A 25 ms / 10 ms log-Mel front-end followed by two 3x3 stride-2 convolutions (ESPnet's
     ``Conv2dSubsampling``), giving 40 ms frames. Features are scaled by fixed global
     statistics (buffers ``mean``/``std``, set them from training data with
-    :meth:`set_global_stats`) so nothing is normalised over time.
+    :meth:`set_global_stats`) so nothing is normalised over time. Subclasses change only
+    :meth:`features` (e.g. :class:`~kd_core.students.kaldi_fbank.KaldiFbankConv2d`).
 
     Shapes:
         ``(B, S)`` -> ``(B, T, channels * ((n_mels - 1) // 2 - 1) // 2)``.
@@ -79,37 +80,55 @@ class FbankConv2d(nn.Module):
 
     def __init__(self, n_mels: int = 80, sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0, channels: int = 64):
         super().__init__()
-        import torchaudio
-
-        win = int(sample_rate * win_ms / 1000)
+        self.win = int(sample_rate * win_ms / 1000)
         self.hop = int(sample_rate * hop_ms / 1000)
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=win, win_length=win, hop_length=self.hop, n_mels=n_mels, center=False
-        )
+        self.n_mels, self.sample_rate = n_mels, sample_rate
+        self._init_features()
         self.register_buffer("mean", torch.zeros(n_mels))
         self.register_buffer("std", torch.ones(n_mels))
         self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2), nn.ReLU())
-        self.receptive_field = win + 6 * self.hop
+        self.receptive_field = self.win + 6 * self.hop
         self.stride = 4 * self.hop
         self.output_dim = channels * (((n_mels - 1) // 2 - 1) // 2)
+
+    def _init_features(self) -> None:
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=self.sample_rate, n_fft=self.win, win_length=self.win, hop_length=self.hop, n_mels=self.n_mels, center=False
+        )
 
     def set_global_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Set the per-bin log-Mel mean/std (``(n_mels,)`` each)."""
         self.mean.copy_(mean)
         self.std.copy_(std.clamp(min=1e-5))
 
+    def features(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` -> ``(B, frames, n_mels)`` log-Mel of every complete window (before the global statistics)."""
+        return (self.mel(wav) + 1e-6).log().transpose(1, 2)
+
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
         """``(B, S)`` -> ``(B, frames, n_mels)`` normalised log-Mel."""
-        feats = (self.mel(wav) + 1e-6).log().transpose(1, 2)
-        return (feats - self.mean) / self.std
+        return (self.features(wav) - self.mean) / self.std
+
+    def subsample(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, frames, n_mels)`` normalised features -> ``(B, T, output_dim)``, ``T = (frames - 3) // 4``."""
+        x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
+        b, c, t, f = x.shape
+        return x.permute(0, 2, 1, 3).reshape(b, t, c * f)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv(self.log_mel(wav).unsqueeze(1))  # (B, C, T', F')
-        b, c, t, f = x.shape
-        return x.permute(0, 2, 1, 3).reshape(b, t, c * f), valid_conv_length(lengths, self.receptive_field, self.stride)
+        return self.subsample(self.log_mel(wav)), valid_conv_length(lengths, self.receptive_field, self.stride)
 
 
-FRONTENDS = {"wav_cnn": WaveformCNN, "fbank": FbankConv2d}
+def _kaldi_fbank(**kwargs) -> nn.Module:
+    from .kaldi_fbank import KaldiFbankConv2d
+
+    return KaldiFbankConv2d(**kwargs)
+
+
+#: front-end kind -> factory; ``kaldi_fbank`` is the one streaming runtimes reproduce (:mod:`kd_core.deploy`)
+FRONTENDS = {"wav_cnn": WaveformCNN, "fbank": FbankConv2d, "kaldi_fbank": _kaldi_fbank}
 
 
 def frontend_timing_ms(frontend: nn.Module, sample_rate: int) -> Tuple[float, float]:
@@ -123,16 +142,23 @@ class SampleBuffer:
 
     Keeps the samples not yet fully consumed; :meth:`push` returns the frames whose whole
     receptive field has arrived. Concatenating all outputs equals the front-end applied
-    to the whole waveform.
+    to the whole waveform. ``left_pad > 0`` (Kaldi's ``snip_edges=False``) prepends, once, the
+    mirror image of the first ``left_pad`` samples, as the front-end's full forward does; the
+    ready samples then go to the front-end's ``forward_valid``.
     """
 
-    def __init__(self, receptive_field: int, stride: int):
-        self.rf, self.stride = receptive_field, stride
+    def __init__(self, receptive_field: int, stride: int, left_pad: int = 0):
+        self.rf, self.stride, self.left_pad = receptive_field, stride, left_pad
         self.buf = torch.zeros(1, 0)
 
     def push(self, samples: torch.Tensor) -> torch.Tensor:
         """``(1, n)`` new samples -> ``(1, n_ready)`` samples covering exactly the ready frames."""
         self.buf = torch.cat([self.buf, samples], dim=1)
+        if self.left_pad:
+            if self.buf.size(1) < self.left_pad:
+                return self.buf[:, :0]
+            self.buf = torch.cat([self.buf[:, : self.left_pad].flip(1), self.buf], dim=1)
+            self.left_pad = 0
         n = self.buf.size(1)
         if n < self.rf:
             return self.buf[:, :0]

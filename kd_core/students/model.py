@@ -29,7 +29,8 @@ class StreamingStudent(nn.Module):
     """Waveform -> frames -> chunked encoder -> CTC logits.
 
     Args:
-        frontend: ``"wav_cnn"`` (wav2vec2-style waveform CNN) or ``"fbank"`` (log-Mel + Conv2d x4).
+        frontend: ``"wav_cnn"`` (wav2vec2-style waveform CNN), ``"fbank"`` (log-Mel + Conv2d x4) or
+            ``"kaldi_fbank"`` (Kaldi-compatible fbank + Conv2d x4, the features deployment runtimes compute).
         frontend_conf: keyword arguments of the front-end class.
         vocab_size: CTC output size (``0``: no CTC head, e.g. pure feature distillation).
         sample_rate: input sample rate in Hz.
@@ -85,13 +86,14 @@ def stream_steps(frontend: nn.Module, encoder: ChunkedEncoder, pieces: Iterable[
     that became ready (``t`` may be 0). Their concatenation equals the full forward under the chunk
     mask (:func:`stream_hidden`); timing each step measures the per-call compute latency.
     """
-    buf = SampleBuffer(frontend.receptive_field, frontend.stride)
+    buf = SampleBuffer(frontend.receptive_field, frontend.stride, getattr(frontend, "left_pad", 0))
+    valid_frames = getattr(frontend, "forward_valid", frontend)  # the front-end without its own edge padding
     state = encoder.init_state()
     for piece in itertools.chain(pieces, [None]):
         final = piece is None
         ready = buf.push(piece) if not final else buf.buf[:, :0]
         if ready.size(1):
-            feats, _ = frontend(ready, torch.tensor([ready.size(1)]))
+            feats, _ = valid_frames(ready, torch.tensor([ready.size(1)]))
             feats = frame_transform(feats) if frame_transform is not None and feats.size(1) else feats
         else:
             feats = torch.zeros(1, 0, frontend.output_dim)
