@@ -129,3 +129,18 @@ def test_cli_exports_and_refuses_bad_students(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0
     assert "unknown checkpoint kind" in proc.stderr
+
+
+def test_readme_deploy_snippet_runs_and_prints_the_streaming_transcript(speech, tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = re.search(r"## Deploy: sherpa-onnx.*?```python\n(.*?)```", readme, re.S).group(1)
+    student, _ = _student(left=8, head_gain=30.0)  # the snippet's chunk_size=4, num_left_chunks=8, feature_dim=80
+    export_wenet_ctc(student, tmp_path / "deploy")
+    sf.write(tmp_path / "x.wav", speech[1][0].numpy(), 16000)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed == runtime.reference_transcript(student, speech[1], left_chunks=8) and len(printed) > 10
