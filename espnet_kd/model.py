@@ -2,7 +2,7 @@
 
 The student is an ordinary :class:`ESPnetASRModel` (any ESPnet front-end/encoder/decoder,
 or the core's streaming front-end and chunked encoder). Training adds the weighted KD term
-(:func:`kd_core.distiller.kd_term`, the core's one KD objective) to the ASR loss; the teacher is held outside the module tree, so it is never saved, never
+(:func:`kd_core.distiller.kd_term_parts`, the core's one KD objective, averaged over the global batch under DDP) to the ASR loss; the teacher is held outside the module tree, so it is never saved, never
 optimised and never switched to train mode.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.torch_utils.device_funcs import force_gatherable
 
-from kd_core.distiller import check_weights, kd_term
+from kd_core.distiller import check_weights, global_batch_mean, kd_term_parts
 from kd_core.errors import require
 from kd_core.hooks import capture_layers
 from kd_core.losses.registry import needs_logits
@@ -121,7 +121,10 @@ class ESPnetASRKDModel(ESPnetASRModel):
             with torch.no_grad():
                 t_out = teacher(speech, speech_lengths)
             logits = self.ctc.ctc_lo(encoder_out) if needs_logits(self.kd_loss) else None
-            loss_kd, kd_stats = kd_term(self.kd_loss, t_out, hidden, encoder_out_lens, logits)
+            kd_sum, kd_den, kd_stats = kd_term_parts(self.kd_loss, t_out, hidden, encoder_out_lens, logits)
+            # training under DDP: the global batch's frame mean (every rank runs every training step; evaluation
+            # may run on rank 0 alone, e.g. ESPnet's attention plots, so it keeps the per-rank mean)
+            loss_kd = global_batch_mean(kd_sum, kd_den, batch_size) if self.training else kd_sum / kd_den.clamp(min=1)
             loss = loss + self.kd_weight * loss_kd
             finite = not self.training or self._nonfinite.check(loss_kd.detach())
             if finite:

@@ -119,9 +119,33 @@ def kd_term(kd_loss: nn.Module, teacher: TeacherOutput, student_hidden: Sequence
     ``student_hidden``: ``(B, T, D)`` per layer (index 0: encoder input, last: encoder output);
     ``student_logits (B, T, V)``: passed, with the teacher's, to prediction-layer losses (:func:`needs_logits`).
     """
-    logits = dict(teacher_logits=teacher.logits, student_logits=student_logits) if needs_logits(kd_loss) else {}
-    kd_sum, kd_den, stats = kd_loss(teacher.hidden, teacher.lengths, student_hidden, student_lengths, **logits)
+    kd_sum, kd_den, stats = kd_term_parts(kd_loss, teacher, student_hidden, student_lengths, student_logits)
     return kd_sum / kd_den.clamp(min=1), stats
+
+
+def kd_term_parts(kd_loss: nn.Module, teacher: TeacherOutput, student_hidden: Sequence[Optional[torch.Tensor]],
+                  student_lengths: torch.Tensor, student_logits: Optional[torch.Tensor] = None,
+                  ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    """:func:`kd_term` before the division: ``(sum, denominator, stats)``."""
+    logits = dict(teacher_logits=teacher.logits, student_logits=student_logits) if needs_logits(kd_loss) else {}
+    return kd_loss(teacher.hidden, teacher.lengths, student_hidden, student_lengths, **logits)
+
+
+def global_batch_mean(total: torch.Tensor, den: torch.Tensor, weight: int) -> torch.Tensor:
+    """``total / den`` over the *global* batch when ``torch.distributed`` runs several ranks, for trainers that
+    combine the ranks' losses weighted by ``weight`` (ESPnet: ``sum_r loss_r * w_r / sum_r w_r``).
+
+    Each rank returns ``total_r / D * W / w_r`` (``D``, ``W``: the denominators and weights summed over ranks, one
+    ``all_reduce`` of two numbers), so the combined loss is ``sum_r total_r / D``: a frame-averaged KD term does not
+    depend on how the global batch is split over ranks. One process: ``total / den``.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return total / den.clamp(min=1)
+    sums = torch.stack([den.detach().float().reshape(()), den.new_tensor(float(weight), dtype=torch.float32)])
+    dist.all_reduce(sums)
+    return total / sums[0].clamp(min=1) * (sums[1] / weight)
 
 
 def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: Optional[TeacherOutput], kd_weight: float,
