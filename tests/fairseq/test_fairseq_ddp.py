@@ -58,3 +58,21 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(fairseq
     assert s1.keys() == s2.keys() and not any(k.startswith("_teacher") or "teacher." in k for k in s1)
     diff = max(float((s1[k] - s2[k]).abs().max()) for k in s1)
     assert diff < 1e-5, diff  # Adam steps of 1e-4: a wrong global batch moves weights by ~1e-4 per step
+
+
+def test_two_ranks_fill_one_teacher_cache_without_duplicates(fairseq_data, tiny_teachers, tmp_path):
+    """Fill mode under DDP: each rank writes its own uniquely named shards of the utterances it saw (ranks see disjoint
+    batches), readers list ``shards/``; the targets are the online teacher's (float32 cache: same losses)."""
+    args = [f"task.data={fairseq_data['letters']}", f"model.teacher_path={tiny_teachers['fairseq_hubert']}",
+            "optimization.max_update=4", "optimization.max_epoch=0", "dataset.disable_validation=true",
+            "dataset.max_tokens=60000", "common.log_format=json", "common.log_interval=1", "optimization.lr=[1e-4]"]
+    cache = tmp_path / "cache"
+    two = _torchrun(*args, f"model.teacher_cache_dir={cache}", "model.teacher_cache_dtype=float32",
+                    save_dir=tmp_path / "two", cwd=tmp_path, port=29602)
+    one = hydra_train(*args, "optimization.update_freq=[2]", save_dir=tmp_path / "one", cwd=tmp_path)
+    l1, l2 = _losses(one.stdout), _losses(two.stdout)
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    assert all(abs(l2[s]["loss"] - l1[s]["loss"]) <= 1e-3 * max(1.0, abs(l1[s]["loss"])) for s in l1), (l1, l2)
+    keys = [k for idx in cache.rglob("index.json") for k in json.loads(idx.read_text())["keys"]]
+    assert len(keys) >= 8 and len(keys) == len(set(keys))  # 4 updates x 2 ranks x >= 1 utterance, none stored twice
+    assert not list(cache.rglob(".tmp-*"))  # no half-written shard left behind
