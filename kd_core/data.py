@@ -83,7 +83,12 @@ class CharTokenizer:
         return len(self.symbols)
 
     def encode(self, text: str) -> List[int]:
-        return [self.index[c] for c in text.upper().replace(" ", "|") if c in self.index]
+        """Token ids of ``text``; a character outside the token list is an error (never silently dropped)."""
+        chars = text.upper().replace(" ", "|")
+        unknown = sorted({c for c in chars if c not in self.index})
+        require(not unknown, f"transcript {text[:60]!r}: characters {''.join(unknown)!r} are not in the token list "
+                f"({len(self.symbols)} symbols); build the token list from all training transcripts or clean them")
+        return [self.index[c] for c in chars]
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join("".join(self.symbols[i] for i in ids if i > 0).replace("|", " ").split())

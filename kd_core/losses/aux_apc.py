@@ -97,7 +97,9 @@ class AuxAPCKDLoss(nn.Module):
                 loss, st = masked_layer_loss(self.aux_heads[i](x[:, :n]), tgt[:, :n].to(x.dtype), lengths_to_mask(both, n), *self.w)
                 total = total + self.weights[0] * loss
                 stats.update({f"aux_{k}_t{t}s{s}": v for k, v in st.items()})
-            if self.use_apc and n > self.k:
+            if self.use_apc:
+                require(n > self.k, f"apc_shift={self.k}: not shorter than this batch's {n} student frames, so APC has "
+                        "nothing to predict; lower kd_loss_conf apc_shift or drop the shortest utterances")
                 pred = self.apc_heads[i](student_hidden[s][:, : n - self.k])
                 m = lengths_to_mask((both - self.k).clamp(min=0), n - self.k)
                 loss, st = masked_layer_loss(pred, tgt[:, self.k : n].to(pred.dtype), m, *self.w)

@@ -302,10 +302,16 @@ class LFMMIPredictionLoss(nn.Module):
                 f"{den_graph.topology!r}; build it with cached_den_graph(..., topology={topology!r})")
         require(0.0 <= beta <= 1.0, f"beta={beta}: must be in [0, 1]")
         self.den_graph, self.numerator, self.beta, self.leaky = den_graph, numerator, beta, leaky_hmm
+        self.graph_vocab = int(den_graph.pdf.max()) + 1  # output units of the graph (the smoothed bigram reaches every token)
         self.ratio = frame_rate_ratio(teacher_shift_ms, student_shift_ms)
 
     def forward(self, student_logits: torch.Tensor, student_lengths: torch.Tensor, teacher_logits: torch.Tensor,
                 teacher_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+        graph_vocab = self.graph_vocab
+        require(student_logits.size(-1) == teacher_logits.size(-1) == graph_vocab, f"LF-MMI: the denominator graph covers "
+                f"{graph_vocab} output units but the student has {student_logits.size(-1)} and the teacher "
+                f"{teacher_logits.size(-1)}; the graph was built for another token list: rebuild it (delete its den_graph "
+                "folder) with the teacher's token list")
         y = student_logits.float().log_softmax(-1)
         with torch.no_grad():
             t_full = teacher_logits.float().log_softmax(-1)

@@ -50,3 +50,40 @@ def test_one_line_and_nothing_touched(files, tiny_teachers, what, call, words):
     msg = str(err.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
     assert (_digest(files), _digest(Path(tiny_teachers["fairseq_hubert"]).parent)) == before
+
+
+def _apc_short_batch(f, t):
+    from kd_core.losses.aux_apc import AuxAPCKDLoss
+
+    student = student_tiny(chunk_size=4)
+    loss = AuxAPCKDLoss(student.encoder, teacher_dim=8, teacher_layers=2, layer_map="2:2", apc_shift=3, use_aux=False,
+                        teacher_shift_ms=40.0, student_shift_ms=40.0)
+    teacher = [torch.zeros(1, 3, 8)] * 3
+    return loss(teacher, torch.tensor([3]), [torch.zeros(1, 3, 64)] * 4, torch.tensor([3]))
+
+
+def _lfmmi_other_token_list(f, t):
+    from kd_core.losses.lfmmi import LFMMIPredictionLoss
+    from kd_core.losses.lfmmi_graph import cached_den_graph
+
+    graph = cached_den_graph([[1, 2, 3]], vocab_size=5)  # built for a 5-unit token list
+    logits = torch.zeros(1, 6, 7)
+    return LFMMIPredictionLoss(graph, teacher_shift_ms=40.0, student_shift_ms=40.0)(logits, torch.tensor([6]), logits, torch.tensor([6]))
+
+
+def _tokenize_unknown(f, t):
+    from kd_core.data import CharTokenizer
+
+    return CharTokenizer.from_texts(["AB BA"]).encode("ABC A")
+
+
+MORE_ROWS = [
+    ("transcript characters outside the token list", _tokenize_unknown, ["'ABC A'", "'C'", "not in the token list"]),
+    ("APC shift >= sequence length", _apc_short_batch, ["apc_shift=3", "3 student frames"]),
+    ("LF-MMI graph built for another token list", _lfmmi_other_token_list, ["5 output units", "student has 7"]),
+]
+
+
+@pytest.mark.parametrize("what,call,words", MORE_ROWS, ids=[r[0] for r in MORE_ROWS])
+def test_one_line_for_data_and_loss_config(files, tiny_teachers, what, call, words):
+    test_one_line_and_nothing_touched(files, tiny_teachers, what, call, words)
