@@ -307,6 +307,13 @@ class LFMMIPredictionLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, student_lengths: torch.Tensor, teacher_logits: torch.Tensor,
                 teacher_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+        # the forward-backward recursion sums log-probabilities over thousands of arcs and frames: never in
+        # fp16/bf16, whatever autocast the trainer runs the student under
+        with torch.autocast(student_logits.device.type, enabled=False):
+            return self._forward(student_logits, student_lengths, teacher_logits, teacher_lengths)
+
+    def _forward(self, student_logits: torch.Tensor, student_lengths: torch.Tensor, teacher_logits: torch.Tensor,
+                 teacher_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         graph_vocab = self.graph_vocab
         require(student_logits.size(-1) == teacher_logits.size(-1) == graph_vocab, f"LF-MMI: the denominator graph covers "
                 f"{graph_vocab} output units but the student has {student_logits.size(-1)} and the teacher "
