@@ -10,16 +10,21 @@ from typing import Callable, Union
 def atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> Path:
     """``write(tmp_path)`` fills a temporary file next to ``path``, which then replaces ``path`` in one
     step; a killed run leaves the old file (or none) and no half-written one. Returns ``path``."""
+    from .errors import write_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results unreadable to others
         os.replace(tmp, path)
+    except OSError as e:  # unwritable folder, full disk: one line; the old file (if any) is untouched
+        raise write_error(e, path.name) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
 

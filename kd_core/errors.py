@@ -17,3 +17,9 @@ def require(cond: bool, message: str) -> None:
     """Raise :class:`KDConfigError` with ``message`` unless ``cond`` holds."""
     if not cond:
         raise KDConfigError(message)
+
+
+def write_error(err: OSError, what: str = "output") -> KDConfigError:
+    """A failed write (unwritable or missing folder, full disk) as one line naming the path and the fix."""
+    where = err.filename or "?"
+    return KDConfigError(f"{where}: cannot write the {what} ({err.strerror or err}); choose a writable folder with free space")

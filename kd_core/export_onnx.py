@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import KDConfigError, require
+from .errors import KDConfigError, require, write_error
 
 
 def load_deployable(checkpoint: str, config: Optional[str] = None, data: Optional[str] = None):
@@ -59,6 +59,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         paths = export_wenet_ctc(load_deployable(a.checkpoint, a.config, a.data), a.out, a.left_chunks, a.int8)
     except KDConfigError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # --out under a file, a read-only or full disk
+        sys.exit(f"error: {write_error(e, 'ONNX export')}")
     sys.stdout.write("".join(f"{kind}: {path}\n" for kind, path in paths.items()))
     return 0
 

@@ -20,7 +20,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..data import read_wav_list
-from ..errors import KDConfigError, require
+from ..errors import KDConfigError, require, write_error
 from ..teachers import TEACHER_TYPES
 from .build import build_cache, find_caches, format_status
 from .keys import check_layers, parse_layers, teacher_fingerprint
@@ -85,3 +85,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if all(s["complete"] for s in stats) else 1
     except KDConfigError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # e.g. --out under a file, a read-only or full disk
+        sys.exit(f"error: {write_error(e, 'teacher cache')}")
