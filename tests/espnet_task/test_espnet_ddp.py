@@ -1,6 +1,8 @@
-"""ESPnet's own distributed engine on 2 CPU processes (torchrun + ``--dist_backend gloo``): layer KD and LF-MMI train
-the student of one process with the same global batch (ESPnet splits each batch over the ranks); the KD term is
-averaged over the global batch's frames (``kd_core.distiller.global_batch_mean``), so the split does not matter."""
+"""ESPnet's own distributed engine on 2 CPU processes (torchrun + ``--dist_backend gloo``): LF-MMI KD (its loss includes
+the hidden-layer MSE of layer KD; the L1/cos layer KD path runs through the same ``global_batch_mean`` and is covered
+with 2 ranks in tests/fairseq/test_fairseq_ddp.py) trains the student of one process with the same global batch (ESPnet
+splits each batch over the ranks); the KD term is averaged over the global batch's frames, so the split does not
+matter. One parametrisation keeps the CI cost down (each case is 3 ESPnet processes)."""
 import os
 import subprocess
 import sys
@@ -18,7 +20,7 @@ def _stats(out):
     return torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)["reporter"]["stats"][1]["train"]
 
 
-@pytest.mark.parametrize("method", ["layerwise", "lfmmi"])
+@pytest.mark.parametrize("method", ["lfmmi"])
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(espnet_data, tiny_teachers, tmp_path, method):
     if method == "lfmmi":
         tokens = Path(tiny_teachers["espnet"]).parent / "espnet_asr_tiny" / "tokens.txt"
