@@ -36,11 +36,12 @@ class KDAudioConfig(AudioFinetuningConfig):
         "help": "before training, check that every manifest file exists and has task.sample_rate (header reads)"})
 
 
-def check_manifest(manifest: str, sample_rate: int, check_audio: bool = True) -> int:
+def check_manifest(manifest: str, sample_rate: int, check_audio: bool = True, max_sample_size: Optional[int] = None) -> int:
     """Validate a fairseq audio manifest; returns the number of utterances.
 
     Raises :class:`~kd_core.errors.KDConfigError` naming the manifest line and the fix for a
-    missing manifest, a missing or unreadable audio file, or a sample rate other than ``sample_rate``.
+    missing manifest, a missing or unreadable audio file, a sample rate other than ``sample_rate``, or an
+    utterance longer than ``max_sample_size`` (fairseq would crop it, cutting audio its transcript still has).
     """
     import soundfile as sf
 
@@ -50,8 +51,13 @@ def check_manifest(manifest: str, sample_rate: int, check_audio: bool = True) ->
         root = f.readline().strip()
         n = 0
         for n, line in enumerate(f, 1):
-            rel = line.rstrip("\n").split("\t")[0]
+            fields = line.rstrip("\n").split("\t")
+            rel = fields[0]
             path = os.path.join(root, rel)
+            if max_sample_size and len(fields) > 1 and fields[1].isdigit():
+                require(int(fields[1]) <= max_sample_size, f"{manifest}:{n + 1}: {rel} has {fields[1]} samples, more than "
+                        f"task.max_sample_size={max_sample_size}, and kd_audio never crops; raise task.max_sample_size or "
+                        "drop the utterance from the manifest")
             require(os.path.isfile(path), f"{manifest}:{n + 1}: audio file {path} not found; fix the root "
                     "(first line) or the path, or regenerate the manifest")
             if check_audio:
@@ -92,7 +98,7 @@ class KDAudioTask(AudioFinetuningTask):
         task_cfg = task_cfg or self.cfg
         require(task_cfg.multi_corpus_keys is None, "task.multi_corpus_keys: not supported by kd_audio")
         manifest = os.path.join(self.cfg.data, f"{split}.tsv")
-        n = check_manifest(manifest, task_cfg.sample_rate, task_cfg.check_audio)
+        n = check_manifest(manifest, task_cfg.sample_rate, task_cfg.check_audio, task_cfg.max_sample_size)
         if not task_cfg.labels:
             AudioPretrainingTask.load_dataset(self, split, task_cfg, **kwargs)
             return

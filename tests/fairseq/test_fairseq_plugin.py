@@ -125,6 +125,7 @@ def test_model_equals_core_student_and_trains_with_stock_ctc_criterion(fairseq_d
     ("missing_audio", "nope.wav not found"),
     ("wrong_rate", "8000 Hz but task.sample_rate=16000"),
     ("kd_without_teacher", "needs a teacher"),
+    ("too_long", "more than task.max_sample_size=8000, and kd_audio never crops"),
 ])
 def test_bad_input_fails_before_training_with_one_line(fairseq_data, tiny_teachers, tmp_path, case, needle):
     import soundfile as sf
@@ -151,6 +152,8 @@ def test_bad_input_fails_before_training_with_one_line(fairseq_data, tiny_teache
         extra = ["criterion.layer_map='1:7'"]
     if case == "kd_without_teacher":
         teacher = "null"
+    if case == "too_long":  # every synthetic utterance is longer than half a second
+        extra = ["++task.max_sample_size=8000"]
     save = tmp_path / "exp"
     proc = hydra_train(f"task.data={data}", f"model.teacher_path={teacher}", *extra, save_dir=save, cwd=tmp_path, check=False)
     assert proc.returncode != 0
