@@ -131,6 +131,7 @@ def report(rows: Dict[str, Dict], refs: List[str], audio_s: float, sizes: Dict[s
 
 def write_outputs(table: List[Dict], meta: Dict, out: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -161,6 +162,7 @@ def write_outputs(table: List[Dict], meta: Dict, out: Path) -> None:
     names = [r["row"] for r in table]
     axes[0].barh(names, [r["rtf"] for r in table])
     axes[0].set_xscale("log")
+    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decade labels only (no overlaps)
     axes[0].set_xlabel("RTF (log scale, 1 thread)")
     axes[1].barh(names, [r["wer"] for r in table])
     axes[1].set_xlabel("WER %")
