@@ -133,8 +133,10 @@ FRONTENDS = {"wav_cnn": WaveformCNN, "fbank": FbankConv2d, "kaldi_fbank": _kaldi
 
 def frontend_timing_ms(frontend: nn.Module, sample_rate: int) -> Tuple[float, float]:
     """``(frame shift, look-ahead)`` in ms of a valid-convolution front-end; the look-ahead is the
-    receptive field beyond one stride (part of the algorithmic latency)."""
-    return 1000.0 * frontend.stride / sample_rate, 1000.0 * (frontend.receptive_field - frontend.stride) / sample_rate
+    receptive field beyond one stride (part of the algorithmic latency), less a start mirror (``left_pad``
+    samples that never have to arrive)."""
+    ahead = frontend.receptive_field - frontend.stride - getattr(frontend, "left_pad", 0)
+    return 1000.0 * frontend.stride / sample_rate, 1000.0 * ahead / sample_rate
 
 
 class SampleBuffer:

@@ -144,3 +144,11 @@ def test_readme_deploy_snippet_runs_and_prints_the_streaming_transcript(speech, 
     exec(compile(snippet, "README.md", "exec"), {})
     printed = " ".join(capsys.readouterr().out.split())
     assert printed == runtime.reference_transcript(student, speech[1], left_chunks=8) and len(printed) > 10
+
+
+def test_kaldi_front_end_latency_counts_real_samples_only():
+    """Frame t reads samples [640 t - 120, 640 t + 1240): 600 samples (37.5 ms) beyond its own 40 ms."""
+    _, model = _student()
+    assert model.frame_shift_ms == 40.0 and model.frontend_lookahead_ms == 37.5
+    _, lengths = model.frontend(torch.randn(2, 1240), torch.tensor([1240, 1239]))
+    assert lengths.tolist() == [1, 0]  # the first frame is complete at exactly 1240 samples
