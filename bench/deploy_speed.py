@@ -116,7 +116,7 @@ def student_rows(student, export: Dict[str, Path], wavs: List[torch.Tensor], lab
     return rows
 
 
-def report(rows: Dict[str, Dict], refs: List[str], audio_s: float, sizes: Dict[str, float], meta: Dict) -> List[Dict]:
+def report(rows: Dict[str, Dict], refs: List[str], audio_s: float, sizes: Dict[str, float]) -> List[Dict]:
     import jiwer
 
     teacher_s = rows["teacher full forward (PyTorch)"]["seconds"]
@@ -224,7 +224,7 @@ def main(argv: List[str] = None) -> List[Dict]:
     meta = {"students": students, "checkpoints": a.checkpoint, "teacher": a.teacher, "splits": a.splits,
             "utterances": len(wavs), "audio_s": audio_s, "date": time.strftime("%Y-%m-%d"),
             "cpu": platform.processor() or platform.machine(), "load_at_start": round(os.getloadavg()[0], 2)}
-    table = report(rows, refs, audio_s, sizes, meta)
+    table = report(rows, refs, audio_s, sizes)
     write_outputs(table, meta, out)
     return table
 
