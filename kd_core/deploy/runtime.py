@@ -85,8 +85,7 @@ class OrtStreamer:
 
 def student_fbank(student: DeployableStudent, wav: torch.Tensor) -> torch.Tensor:
     """``(1, S)`` -> ``(F, n_mels)``: the Kaldi fbank the runtime computes (complete windows; the start mirrored)."""
-    fe = student.frontend
-    return fe.features(fe.mirror_start(wav))[0]
+    return student.frontend.runtime_features(wav)[0]
 
 
 @torch.no_grad()

@@ -105,7 +105,7 @@ class WenetCtcStep(nn.Module):
 
     def forward(self, chunk, offset, required_cache_size, att_cache, cnn_cache, att_mask) -> Tuple[torch.Tensor, ...]:
         fe = self.frontend
-        frames = self.student.frame_transform(fe.subsample((chunk - fe.mean) / fe.std))  # (1, c, C)
+        frames = self.student.frame_transform(fe.subsample(fe.normalize(chunk)))  # (1, c, C)
         x = self.encoder.embed_frames(frames, offset - required_cache_size)
         valid = torch.ones(1, x.size(1), dtype=torch.bool)
         mask = att_mask.expand(1, x.size(1), att_mask.size(-1))

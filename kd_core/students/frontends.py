@@ -107,9 +107,13 @@ class FbankConv2d(nn.Module):
         """``(B, S)`` -> ``(B, frames, n_mels)`` log-Mel of every complete window (before the global statistics)."""
         return (self.mel(wav) + 1e-6).log().transpose(1, 2)
 
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, frames, n_mels)`` features -> the same scaled by the global statistics (per frame, streaming-safe)."""
+        return (feats - self.mean) / self.std
+
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
         """``(B, S)`` -> ``(B, frames, n_mels)`` normalised log-Mel."""
-        return (self.features(wav) - self.mean) / self.std
+        return self.normalize(self.features(wav))
 
     def subsample(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, frames, n_mels)`` normalised features -> ``(B, T, output_dim)``, ``T = (frames - 3) // 4``."""

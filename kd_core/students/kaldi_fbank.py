@@ -76,6 +76,11 @@ class KaldiFbankConv2d(FbankConv2d):
         """``(B, S)`` -> ``(B, left_pad + S)``: Kaldi's ``snip_edges=False`` mirror of each utterance's first samples."""
         return torch.cat([wav[:, : self.left_pad].flip(1), wav], dim=1)
 
+    def runtime_features(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` -> ``(B, frames, n_mels)``: the fbank a runtime computes from the whole waveform (start mirrored,
+        complete windows), i.e. what the exported graph reads."""
+        return self.features(self.mirror_start(wav))
+
     def forward_valid(self, wav: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The front-end on a signal already mirrored at its start (``lengths`` count its samples)."""
         return super().forward(wav, lengths)

@@ -41,7 +41,7 @@ def test_espnet_student_exports_and_onnxruntime_equals_espnet_streaming(espnet_d
     with torch.no_grad():
         ref = model.ctc.log_softmax(streaming_encoder_output(model, wav, 1600))[0].numpy()  # ESPnet's own path
     fe = model.frontend.net
-    got = runtime.OrtStreamer(str(onnx_dir / "model-streaming.onnx")).run(fe.features(fe.mirror_start(wav))[0].numpy())
+    got = runtime.OrtStreamer(str(onnx_dir / "model-streaming.onnx")).run(fe.runtime_features(wav)[0].numpy())
     assert got.shape[0] >= 16 and ref.shape[0] - got.shape[0] < 4
     np.testing.assert_allclose(got, ref[: got.shape[0]], rtol=0, atol=1e-4)
     recognizer = runtime.sherpa_recognizer(str(onnx_dir), int8=True)
