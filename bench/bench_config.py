@@ -1,9 +1,11 @@
 """Presets of the teacher-vs-students benchmark (``python -m bench.run_bench``): ``full``, ``quick``, ``smoke``.
 
 One dataclass per run size; every stage reads its sizes and budgets from it, so the three modes run
-the same pipeline. The teacher is a torchaudio ``wav2vec2_model`` (waveform CNN, 20 ms frames,
-pre-LN transformer, CTC head); students are ``kd_core`` streaming students (log-Mel + Conv2d
-front-end, chunked conformer, 40 ms frames) at about 1/12 of the teacher's parameters.
+the same pipeline. The teacher is the shipped zoo model ``zoo/hubert_mini_ctc`` (fairseq HuBERT pre-trained
+without labels, then fine-tuned for letter CTC), loaded through ``load_teacher("fairseq", ...)``; the
+students are ``kd_core`` streaming students (log-Mel + Conv2d front-end, chunked conformer, 40 ms frames)
+at 1/12 of its parameters (preset ``s12_wide``), trained on the teacher's own labelled set (the same
+corpus, regenerated from its seed) with the teacher's letter inventory.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 #: chunk sizes of the KD-vs-scratch sweep in ms (0 = full context, non-streaming)
-CHUNKS_MS = (640, 480, 320, 160, 0)
-#: chunk of the per-method comparison
+CHUNKS_MS = (480, 160, 0)
+#: chunk of the per-method comparison, the low-resource setting and the convergence check
 METHOD_CHUNK_MS = 480
+#: the teacher (relative to the repository root); its ``dict.ltr.txt`` lies beside it
+ZOO_TEACHER = "zoo/hubert_mini_ctc/hubert_mini_ctc.pt"
 
 #: methods listed in the report but not implemented in kd_core yet (rows say "not built yet")
 NOT_BUILT = (
@@ -24,23 +28,11 @@ NOT_BUILT = (
 )
 
 
-def teacher_conf(dim: int, layers: int, ffn: int, cnn_channels: int, pos_kernel: int = 64, dropout: float = 0.0,
-                 cnn: str = "light") -> Dict:
-    """``torchaudio.models.wav2vec2_model`` keyword arguments (minus ``aux_num_out``): a waveform CNN with
-    per-frame layer norm (padding never changes an utterance's frames), stride 320 = 20 ms at 16 kHz, and a
-    pre-LN transformer.
+def labelled_corpus(**overrides) -> Dict:
+    """``make_synthetic_corpus`` arguments of the zoo teacher's labelled set (``tools.build_zoo.LABELLED``), resized."""
+    from tools.build_zoo import LABELLED
 
-    ``cnn="light"``: 4 layers ``[(C,80,40), (C,3,2), (C,3,2), (C,2,2)]`` (30 ms receptive field); ``"wav2vec2"``:
-    wav2vec2's 7 layers ``[(C,10,5)] + [(C,3,2)]*4 + [(C,2,2)]*2`` (25 ms), whose first layers run at 3.2 and
-    1.6 kHz: with 96 channels it made a 15M teacher's training step 1.4x slower than the light CNN.
-    """
-    c = cnn_channels
-    layers_cfg = [(c, 80, 40), (c, 3, 2), (c, 3, 2), (c, 2, 2)] if cnn == "light" else [(c, 10, 5)] + [(c, 3, 2)] * 4 + [(c, 2, 2)] * 2
-    return dict(extractor_mode="layer_norm", extractor_conv_layer_config=layers_cfg, extractor_conv_bias=False,
-                encoder_embed_dim=dim, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=pos_kernel,
-                encoder_pos_conv_groups=16, encoder_num_layers=layers, encoder_num_heads=max(1, dim // 64),
-                encoder_attention_dropout=0.0, encoder_ff_interm_features=ffn, encoder_ff_interm_dropout=0.0,
-                encoder_dropout=dropout, encoder_layer_norm_first=True, encoder_layer_drop=0.0)
+    return {**LABELLED, **overrides}
 
 
 def student_conf(dim: int, layers: int, ffn: int, channels: int, n_mels: int, heads: int = 4, kernel: int = 15) -> Dict:
@@ -49,27 +41,22 @@ def student_conf(dim: int, layers: int, ffn: int, channels: int, n_mels: int, he
                 num_heads=heads, ffn_dim=ffn, conv_kernel=kernel, dropout=0.1, num_left_chunks=-1, right_context=0)
 
 
+def preset_student(name: str) -> Dict:
+    """A :mod:`kd_core.students.presets` shape as the benchmark trains it (dropout 0.1, kernel 15, any left context)."""
+    from kd_core.students.presets import preset_conf
+
+    return {**preset_conf(name), "conv_kernel": 15, "dropout": 0.1, "num_left_chunks": -1, "right_context": 0}
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Sizes and budgets of one benchmark run (all stages read it)."""
 
     mode: str
-    # data: synthetic corpus (grammar text, unseen test voices) + FSDD (official split)
-    num_train: int
-    num_valid: int
-    num_test: int
+    # data: the teacher's labelled set (synthetic, closed WordNet vocabulary, unseen test voices) + FSDD (official split)
+    corpus: Dict  # tools.make_corpus.make_synthetic_corpus arguments
     fsdd_max_per_split: Optional[int]  # None: all 2,700 train / 300 test recordings
-    # teacher: wall-clock budget, warm-up, peak LR, batch size in seconds of (padded) audio
-    teacher: Dict
-    teacher_minutes: float
-    teacher_max_steps: int
-    teacher_lr: float
-    teacher_warmup: int
-    teacher_batch_s: float
-    teacher_time_masks: bool
-    teacher_inter_ctc: int  # intermediate CTC on this teacher layer during training (0: off; the head is dropped)
-    teacher_sortagrad: bool  # first epoch from short to long utterances
-    teacher_augment: bool  # speed perturbation + narrowband (8 kHz) simulation of the teacher's training audio
+    teacher_path: str  # fairseq letter-CTC checkpoint, relative to the repository root
     # students: the same steps / optimiser / batches / seed for every student
     student: Dict
     student_steps: int
@@ -78,6 +65,8 @@ class BenchConfig:
     student_batch_s: float
     layer_map: str  # teacher:student pairs of every hidden-layer KD loss here
     stage2_layer_map: str  # stage-1 student -> stage-2 student (same depth)
+    lowres_fraction: float  # low-resource setting: labels for this share of the training set, the rest is audio only
+    convergence_factor: int  # the scratch student at the method chunk is also trained this many times longer
     # measurements
     rtf_utts: int  # synthetic test utterances timed for RTF / latency (same for every model)
     timing_repeats: int
@@ -98,34 +87,25 @@ class BenchConfig:
 
 
 def get_config(mode: str, seed: int = 0, jobs: int = 2) -> BenchConfig:
-    """The preset of ``mode`` (``full``: the committed run, <= 90 min on 2 cores; ``quick``: <= 10 min;
+    """The preset of ``mode`` (``full``: the committed run, <= 150 min on 2 cores; ``quick``: <= 10 min;
     ``smoke``: 1-3 min, plumbing only)."""
-    common = dict(seed=seed, jobs=jobs)
+    common = dict(seed=seed, jobs=jobs, teacher_path=ZOO_TEACHER, lowres_fraction=0.1, convergence_factor=2)
     if mode == "full":
         return BenchConfig(
-            mode=mode, num_train=3600, num_valid=200, num_test=300, fsdd_max_per_split=None,
-            teacher=teacher_conf(384, 8, 1600, 128), teacher_minutes=30.0, teacher_max_steps=100_000,
-            teacher_lr=2e-3, teacher_warmup=50, teacher_batch_s=8.0, teacher_time_masks=True, teacher_inter_ctc=4,
-            teacher_sortagrad=True, teacher_augment=True,
-            student=student_conf(96, 6, 352, 16, 80), student_steps=450, student_lr=2e-3, student_warmup=45,
-            student_batch_s=40.0, layer_map="3:2,5:4,8:6", stage2_layer_map="2:2,4:4,6:6", rtf_utts=30,
+            mode=mode, corpus=labelled_corpus(), fsdd_max_per_split=None,
+            student=preset_student("s12_wide"), student_steps=2400, student_lr=2e-3, student_warmup=120,
+            student_batch_s=40.0, layer_map="3:1,5:2,8:3", stage2_layer_map="1:1,2:2,3:3", rtf_utts=30,
             timing_repeats=3, **common)
     if mode == "quick":
         return BenchConfig(
-            mode=mode, num_train=400, num_valid=50, num_test=60, fsdd_max_per_split=150,
-            teacher=teacher_conf(256, 6, 1024, 64), teacher_minutes=2.5, teacher_max_steps=100_000,
-            teacher_lr=2e-3, teacher_warmup=30, teacher_batch_s=8.0, teacher_time_masks=True, teacher_inter_ctc=3,
-            teacher_sortagrad=True, teacher_augment=True,
-            student=student_conf(64, 4, 192, 16, 40), student_steps=120, student_lr=2e-3, student_warmup=12,
-            student_batch_s=32.0, layer_map="2:1,4:3,6:4", stage2_layer_map="1:1,3:3,4:4", rtf_utts=10,
+            mode=mode, corpus=labelled_corpus(num_train=400, num_valid=50, num_test=60), fsdd_max_per_split=150,
+            student=preset_student("s12_wide"), student_steps=200, student_lr=2e-3, student_warmup=20,
+            student_batch_s=32.0, layer_map="3:1,5:2,8:3", stage2_layer_map="1:1,2:2,3:3", rtf_utts=10,
             timing_repeats=2, ckpt_every_s=60.0, **common)
     if mode == "smoke":
         return BenchConfig(
-            mode=mode, num_train=24, num_valid=6, num_test=6, fsdd_max_per_split=6,
-            teacher=teacher_conf(64, 2, 128, 32, pos_kernel=16), teacher_minutes=0.25, teacher_max_steps=8,
-            teacher_lr=1e-3, teacher_warmup=2, teacher_batch_s=12.0, teacher_time_masks=True, teacher_inter_ctc=1,
-            teacher_sortagrad=True, teacher_augment=True,
+            mode=mode, corpus=labelled_corpus(num_train=24, num_valid=6, num_test=6), fsdd_max_per_split=6,
             student=student_conf(24, 2, 48, 8, 40), student_steps=4, student_lr=2e-3, student_warmup=1,
-            student_batch_s=12.0, layer_map="1:1,2:2", stage2_layer_map="1:1,2:2", rtf_utts=3, timing_repeats=1,
+            student_batch_s=12.0, layer_map="4:1,8:2", stage2_layer_map="1:1,2:2", rtf_utts=3, timing_repeats=1,
             ckpt_every_s=30.0, **common)
     raise ValueError(f"mode={mode!r}: use full, quick or smoke")

@@ -1,11 +1,13 @@
-"""Benchmark data: synthetic corpus + FSDD, the merged training list, in-memory splits and batching.
+"""Benchmark data: the teacher's labelled set + FSDD, the merged training list, in-memory splits and batching.
 
 Layout under the work dir ``D``:
-- ``D/data``: synthetic corpus (``tools/make_corpus.py``; grammar text, test voices unseen in training);
+- ``D/data``: synthetic corpus (``tools/make_corpus.py`` with the zoo teacher's labelled-set arguments: closed
+  WordNet vocabulary, test voices unseen in training);
 - ``D/fsdd``: FSDD resampled to 16 kHz, official split (takes 0-4 test, 5-49 train);
-- ``D/lists/train``: Kaldi dir of the training set every model uses = synthetic train + FSDD train,
+- ``D/lists/train``: Kaldi dir of the training set every student uses = synthetic train + FSDD train,
   minus utterances too short for CTC at the student's 40 ms frame rate;
-- ``D/lists/tokens.txt``: the character token list (``kd_core.data.CharTokenizer``), shared by all models;
+- ``D/lists/tokens.txt``: the teacher's letter inventory in its output order (``|`` = word boundary), so a
+  student's CTC index ``i`` is the teacher's (LF-MMI reads the teacher's posteriors); shared by all students;
 - ``D/lists/fbank_stats.pt``: global log-Mel mean/std of the training audio (the students' front-end).
 """
 from __future__ import annotations
@@ -42,13 +44,15 @@ def prepare_data(out: Path, cfg, fsdd_dir: str) -> Dict:
     """Synthesise the corpus, prepare FSDD, write the merged training list, tokens and fbank stats."""
     from tools import make_corpus as mc
 
+    from tools.zoo_eval import fairseq_letter_symbols
+
     frontend = student_frontend(cfg)
-    summary = mc.make_synthetic_corpus(out / "data", seed=cfg.seed, num_train=cfg.num_train, num_valid=cfg.num_valid,
-                                       num_test=cfg.num_test, jobs=2, text_source="grammar")
+    summary = mc.make_synthetic_corpus(out / "data", jobs=2, **cfg.corpus)
     fsdd = mc.prepare_fsdd(fsdd_dir, out / "fsdd", max_per_split=cfg.fsdd_max_per_split, jobs=2)
     synth_train = read_kaldi_dir(str(out / "data/kaldi/train"))
     train = synth_train + read_kaldi_dir(str(out / "fsdd/kaldi/train"))
-    tok = CharTokenizer.from_texts([u.text for u in train])
+    # the teacher's outputs: index 0 (fairseq's <s>) is the CTC blank, then <pad> </s> <unk> and its letters
+    tok = CharTokenizer(fairseq_letter_symbols(teacher_files(cfg)[1] / "dict.ltr.txt")[1:])
     kept, dropped, stats_wavs = [], [], []
     dur = {"synth_train": 0.0, "fsdd_train": 0.0}
     for i, u in enumerate(train):
@@ -72,6 +76,14 @@ def prepare_data(out: Path, cfg, fsdd_dir: str) -> Dict:
     log.info("training set: %d utterances (%d dropped as too short for CTC at 40 ms), %.2f h synthetic + %.2f h FSDD",
              len(kept), len(dropped), dur["synth_train"], dur["fsdd_train"])
     return info
+
+
+def teacher_files(cfg) -> Tuple[Path, Path]:
+    """``(checkpoint, folder of its dict.ltr.txt)`` of the benchmark's teacher."""
+    from tools.build_zoo import ROOT
+
+    ckpt = ROOT / cfg.teacher_path
+    return ckpt, ckpt.parent
 
 
 def fbank_stats(wavs: Sequence[torch.Tensor], n_mels: int = 80) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -133,3 +145,11 @@ def collate(batch: Sequence[Utt], tok: CharTokenizer):
     ids = [torch.tensor(tok.encode(t), dtype=torch.long) for _, _, t in batch]
     return (torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), torch.tensor([w.numel() for w in wavs]),
             torch.nn.utils.rnn.pad_sequence(ids, batch_first=True), torch.tensor([len(i) for i in ids]))
+
+
+def labelled_subset(data: Sequence[Utt], fraction: float) -> List[int]:
+    """Indices of the utterances that keep their transcript in the low-resource setting: every ``round(1 / fraction)``-th
+    utterance in id order (synthetic and FSDD in proportion); the others are audio only."""
+    step = max(1, round(1 / fraction))
+    order = sorted(range(len(data)), key=lambda i: data[i][0])
+    return sorted(order[::step])

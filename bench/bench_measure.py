@@ -68,7 +68,7 @@ def speed_and_latency(out: Path, cfg: BenchConfig, names: List[str]) -> Dict:
     test = load_split(split_dirs(out)["test"])
     utts = [test[i][1][None] for i in range(0, len(test), max(1, len(test) // cfg.rtf_utts))][: cfg.rtf_utts]
     audio_s = sum(u.size(1) for u in utts) / SR
-    teacher = load_teacher(out)
+    teacher = load_teacher(cfg)
     models = {"teacher": teacher}
     models.update({n: load_student(out, cfg, n) for n in names})
     res = {"utterances": len(utts), "audio_s": round(audio_s, 2), "models": {}}
@@ -76,7 +76,7 @@ def speed_and_latency(out: Path, cfg: BenchConfig, names: List[str]) -> Dict:
     for name, m in models.items():
         if name == "teacher":
             runs[name] = lambda m=m: [m(u, torch.tensor([u.size(1)])) for u in utts]
-            res["models"][name] = {"params": params(m.model), "latency_ms": float("inf")}
+            res["models"][name] = {"params": params(m), "latency_ms": float("inf")}
             continue
         chunk = m.encoder.chunk_size
         res["models"][name] = {"params": params(m), "chunk_frames": chunk, "latency_ms": algorithmic_latency_ms(
@@ -129,7 +129,7 @@ def training_cost(out: Path, cfg: BenchConfig) -> Dict:
     wav, wl, y, yl = collate([train[i] for i in idx], tok)
     torch.manual_seed(cfg.seed)
     student = build_student(out, cfg, cfg.method_chunk_ms, len(tok)).train()
-    online, cached = load_teacher(out), cached_teacher(out, cfg)
+    online, cached = load_teacher(cfg), cached_teacher(out, cfg)
     kd = build_kd_loss("layerwise", kd_conf(cfg.layer_map), kd_context(online, student))
     opt = torch.optim.AdamW(list(student.parameters()) + list(kd.parameters()), lr=1e-5)
 

@@ -1,9 +1,8 @@
-"""Training and WER evaluation of the benchmark's teacher and students (resumable mid-training).
+"""WER evaluation of the benchmark's teacher, and training and evaluation of its students (resumable mid-training).
 
-- every training runs :func:`kd_core.runner.train_loop` (AdamW + warm-up + cosine decay over steps or a
-  wall-clock budget, a partial checkpoint every ``cfg.ckpt_every_s`` seconds: a killed run continues where it stopped);
-- :func:`train_teacher`: the torchaudio wav2vec2-architecture teacher, CTC, time masking, saved as
-  ``models/teacher.pt`` and loaded back as a :class:`~kd_core.teachers.torchaudio_teacher.TorchaudioTeacher`;
+- the teacher is the zoo's ``hubert_mini_ctc`` (:func:`load_teacher`: the project's fairseq loader; never trained here);
+- every student training runs :func:`kd_core.runner.train_loop` (AdamW + warm-up + cosine decay over steps, a
+  partial checkpoint every ``cfg.ckpt_every_s`` seconds: a killed run continues where it stopped);
 - :func:`build_teacher_cache`: the teacher's targets (mapped layers + CTC logits, fp16) over the training list;
 - :func:`student_jobs` / :func:`run_student_job`: every student (KD methods and from-scratch), trained in a
   worker process with one thread, reading teacher targets from the cache (never running the teacher).
@@ -21,16 +20,14 @@ import torch
 from torch import nn
 
 from .bench_config import BenchConfig
-from .bench_data import (Utt, collate, duration_batches, length_groups, load_split, split_dirs, student_fbank_stats,
-                         student_frontend, tokenizer)
+from .bench_data import (Utt, collate, duration_batches, labelled_subset, length_groups, load_split, split_dirs,
+                         student_fbank_stats, student_frontend, teacher_files, tokenizer)
 from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.data import CharTokenizer, greedy_ctc
 from kd_core.distiller import ctc_loss_sum, kd_objective
 from kd_core.runner import train_loop
-from kd_core.teachers.base import normalize_waveform
 
 log = logging.getLogger("bench.train")
-TEACHER_CONF = {"normalize_waveform": True}  # loader options of the teacher (part of the cache identity)
 
 
 @torch.no_grad()
@@ -49,111 +46,27 @@ def evaluate(logits_fn: Callable, data: Sequence[Utt], tok: CharTokenizer, batch
 
 
 # ---- teacher ----------------------------------------------------------------------------------
-def build_teacher_model(conf: Dict, vocab: int) -> nn.Module:
-    from torchaudio.models import wav2vec2_model
+def load_teacher(cfg: BenchConfig):
+    """The zoo teacher through the project's loader (``load_teacher("fairseq", ...)``), frozen, eval mode."""
+    from tools.zoo_eval import load_ctc_teacher
 
-    return wav2vec2_model(**conf, aux_num_out=vocab)
-
-
-def add_time_masks(model: nn.Module, max_width: int = 5, frames_per_mask: int = 50):
-    """SpecAugment-style time masking on the projected CNN features (training only): one mask of up to
-    ``max_width`` frames per full ``frames_per_mask`` frames is zeroed, so utterances shorter than that (FSDD's
-    single words, ~20 frames, where one mask hid a fifth of the word and the teacher learnt to answer them
-    with blanks) are never masked. Returns the hook handle."""
-    def hook(module, args, out):
-        if not module.training:
-            return None
-        out = out.clone()
-        b, t, _ = out.shape
-        for i in range(b):
-            for _ in range(t // frames_per_mask):
-                w = int(torch.randint(0, max_width + 1, ()))
-                s = int(torch.randint(0, max(1, t - w), ()))
-                out[i, s : s + w] = 0.0
-        return out
-
-    return model.encoder.feature_projection.register_forward_hook(hook)
+    ckpt, dict_dir = teacher_files(cfg)
+    return load_ctc_teacher(ckpt, dict_dir)[0]
 
 
-def augment(wav: torch.Tensor, rng: random.Random, sample_rate: int = 16000) -> torch.Tensor:
-    """Teacher-only augmentation of one ``(S,)`` waveform: speed perturbation 0.9/1.0/1.1 (resampling: tempo
-    and pitch change, which varies the voices) and, on half of the utterances, a 16 -> 8 -> 16 kHz round trip
-    (the band limit of FSDD's 8 kHz recordings). The teacher-target cache is built on the original audio."""
-    from torchaudio.functional import resample
+def describe_teacher(cfg: BenchConfig) -> Dict:
+    """Parameters, shape and sha256 of the teacher checkpoint (the zoo card states the same hash)."""
+    import hashlib
 
-    speed = rng.choice((0.9, 1.0, 1.1))
-    if speed != 1.0:
-        wav = resample(wav, int(sample_rate * speed), sample_rate)
-    if rng.random() < 0.5:
-        wav = resample(resample(wav, sample_rate, sample_rate // 2), sample_rate // 2, sample_rate)
-    return wav
+    ckpt, _ = teacher_files(cfg)
+    teacher = load_teacher(cfg)
+    return {"path": cfg.teacher_path, "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+            "params": sum(p.numel() for p in teacher.parameters()), "layers": teacher.num_layers,
+            "width": teacher.hidden_size, "vocab": teacher.vocab_size}
 
 
-def train_teacher(out: Path, cfg: BenchConfig) -> Dict:
-    """Train the teacher with CTC for ``cfg.teacher_minutes`` of wall clock; save ``models/teacher.pt``.
-
-    Training-only helpers (not part of the saved teacher): time masks on the CNN features and an
-    intermediate CTC head on layer ``cfg.teacher_inter_ctc`` (weight 0.3; shortens the path the CTC
-    gradient takes through the randomly initialised stack, so the model leaves its all-blank start sooner);
-    :func:`augment` when ``cfg.teacher_augment``.
-    """
-    tok = tokenizer(out)
-    train = load_split(split_dirs(out)["train"])
-    torch.manual_seed(cfg.seed)
-    model = build_teacher_model(cfg.teacher, len(tok))
-    holder = nn.ModuleDict({"model": model})
-    hooks = [add_time_masks(model)] if cfg.teacher_time_masks else []
-    inter = {}
-    if cfg.teacher_inter_ctc:
-        dim = cfg.teacher["encoder_embed_dim"]
-        holder["inter_ctc"] = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, len(tok)))
-        hooks.append(model.encoder.transformer.layers[cfg.teacher_inter_ctc - 1].register_forward_hook(
-            lambda mod, args, output: inter.__setitem__("h", output[0])))
-
-    rng = random.Random(cfg.seed)
-
-    def step(idx):
-        batch = [train[i] for i in idx]
-        if cfg.teacher_augment:
-            batch = [(u, augment(w, rng), t) for u, w, t in batch]
-        wav, wl, y, yl = collate(batch, tok)
-        logits, ol = model(normalize_waveform(wav, wl), wl)
-        s, d = ctc_loss_sum(logits, ol, y, yl)
-        stats = {"ctc": (s / d).item()}
-        loss = s / d
-        if cfg.teacher_inter_ctc:
-            s2, d2 = ctc_loss_sum(holder["inter_ctc"](inter.pop("h")), ol, y, yl)
-            loss = loss + 0.3 * s2 / d2
-            stats["inter_ctc"] = (s2 / d2).item()
-        return loss, stats
-
-    batches = duration_batches(train, cfg.teacher_batch_s, cfg.seed, sorted_first_epoch=cfg.teacher_sortagrad)
-    info = train_loop(holder, step, batches, cfg.teacher_lr, cfg.teacher_warmup, out / "models/teacher.partial.pt",
-                      steps=cfg.teacher_max_steps, budget_s=60 * cfg.teacher_minutes, ckpt_every_s=cfg.ckpt_every_s,
-                      desc="teacher", log_every=25)
-    for h in hooks:
-        h.remove()
-    n = sum(p.numel() for p in model.parameters())
-    atomic_torch_save({"config": cfg.teacher, "vocab": len(tok), "tokens": tok.symbols, "state_dict": model.state_dict(),
-                 "train": info, "params": n}, out / "models/teacher.pt")
-    (out / "models/teacher.partial.pt").unlink(missing_ok=True)
-    tail = info["curve"][-50:]
-    return {"params": n, "steps": info["steps"], "seconds": info["seconds"],
-            "final_ctc": sum(c["ctc"] for c in tail) / max(1, len(tail))}
-
-
-def load_teacher(out: Path):
-    """``models/teacher.pt`` -> frozen :class:`TorchaudioTeacher` (waveform normalised per utterance)."""
-    from kd_core.teachers.torchaudio_teacher import TorchaudioTeacher
-
-    ck = torch.load(out / "models/teacher.pt", weights_only=False)
-    model = build_teacher_model(ck["config"], ck["vocab"])
-    model.load_state_dict(ck["state_dict"])
-    return TorchaudioTeacher(model.eval(), **TEACHER_CONF)
-
-
-def evaluate_teacher(out: Path) -> Dict:
-    tok, teacher = tokenizer(out), load_teacher(out)
+def evaluate_teacher(out: Path, cfg: BenchConfig) -> Dict:
+    tok, teacher = tokenizer(out), load_teacher(cfg)
 
     def fwd(wav, wl):
         o = teacher(wav, wl)
@@ -168,9 +81,9 @@ def build_teacher_cache(out: Path, cfg: BenchConfig) -> Dict:
     """Targets of the cached layers + CTC logits (fp16) for every training utterance."""
     from kd_core.cache import build_cache, read_wav_list, teacher_fingerprint
 
-    teacher = load_teacher(out)
-    path = str(out / "models/teacher.pt")
-    fp = teacher_fingerprint("torchaudio", path, teacher=teacher, **TEACHER_CONF)
+    teacher = load_teacher(cfg)
+    ckpt, dict_dir = teacher_files(cfg)
+    fp = teacher_fingerprint("fairseq", str(ckpt), teacher=teacher, data_dir=str(dict_dir))
     utts = read_wav_list(wav_scp=str(split_dirs(out)["train"] / "wav.scp"))
     cache = build_cache(out / "cache", teacher, fp, cfg.cache_layers, utts, dtype="float16", store_logits=True,
                         shard_size=512, batch_size=8, source=str(split_dirs(out)["train"] / "wav.scp"))
@@ -182,8 +95,9 @@ def cached_teacher(out: Path, cfg: BenchConfig):
     """The training targets from the cache (mode ``read``: the teacher model is never loaded)."""
     from kd_core.cache import load_cached_teacher
 
-    return load_cached_teacher(out / "cache", "torchaudio", str(out / "models/teacher.pt"), cfg.cache_layers,
-                               mode="read", dtype="float16", store_logits=True, **TEACHER_CONF)
+    ckpt, dict_dir = teacher_files(cfg)
+    return load_cached_teacher(out / "cache", "fairseq", str(ckpt), cfg.cache_layers, mode="read", dtype="float16",
+                               store_logits=True, data_dir=str(dict_dir))
 
 
 # ---- students --------------------------------------------------------------------------------
@@ -196,10 +110,16 @@ def kd_conf(layer_map: str) -> Dict:
 
 
 def student_jobs(cfg: BenchConfig) -> List[Dict]:
-    """Every student of the benchmark, in the order they are trained (``depends``: trained before)."""
+    """Every student of the benchmark, in the order they are trained (``depends``: trained before).
+
+    Equal labels: layer KD and from scratch at every chunk of ``cfg.chunks_ms``; aux+APC, LF-MMI and two-stage at the
+    method chunk. Low resource (``labels``): transcripts for ``cfg.lowres_fraction`` of the training set; layer KD also
+    reads the rest as audio (teacher targets), from scratch cannot. Convergence check (``steps_factor``): the scratch
+    student at the method chunk trained ``cfg.convergence_factor`` times longer."""
     def tag(ms):
         return f"{ms}ms" if ms else "full"
 
+    m = cfg.method_chunk_ms
     jobs = [{"name": "twostage1_full", "method": "two-stage, stage 1 (LF-MMI, non-streaming)", "chunk_ms": 0,
              "kd": "lfmmi", "teacher": "cache", "depends": []}]
     for ms in cfg.chunks_ms:
@@ -207,8 +127,15 @@ def student_jobs(cfg: BenchConfig) -> List[Dict]:
                      "teacher": "cache", "depends": []})
         jobs.append({"name": f"scratch_{tag(ms)}", "method": "from scratch", "chunk_ms": ms, "kd": None,
                      "teacher": None, "depends": []})
-    m = cfg.method_chunk_ms
-    jobs += [{"name": f"aux_apc_{tag(m)}", "method": "aux + APC", "chunk_ms": m, "kd": "aux_apc", "teacher": "cache",
+    pct = f"{100 * cfg.lowres_fraction:g} % labels"
+    jobs += [{"name": f"scratch_{tag(m)}_x{cfg.convergence_factor}", "method": f"from scratch, {cfg.convergence_factor}x steps "
+              "(convergence check)", "chunk_ms": m, "kd": None, "teacher": None, "steps_factor": cfg.convergence_factor,
+              "depends": []},
+             {"name": f"lowres_layer_kd_{tag(m)}", "method": f"layer KD, {pct} + the rest as audio", "chunk_ms": m,
+              "kd": "layerwise", "teacher": "cache", "labels": cfg.lowres_fraction, "depends": []},
+             {"name": f"lowres_scratch_{tag(m)}", "method": f"from scratch, {pct}", "chunk_ms": m, "kd": None,
+              "teacher": None, "labels": cfg.lowres_fraction, "depends": []},
+             {"name": f"aux_apc_{tag(m)}", "method": "aux + APC", "chunk_ms": m, "kd": "aux_apc", "teacher": "cache",
               "depends": []},
              {"name": f"lfmmi_{tag(m)}", "method": "LF-MMI (DistillW2V2)", "chunk_ms": m, "kd": "lfmmi", "teacher": "cache",
               "depends": []},
@@ -263,6 +190,11 @@ def train_student(out: Path, cfg: BenchConfig, job: Dict) -> Dict:
     """Train one student (same seed, batches, optimiser and steps for every job); save ``models/<name>.pt``."""
     tok = tokenizer(out)
     train = load_split(split_dirs(out)["train"])
+    labelled = None  # indices into ``train`` with a transcript (None: all)
+    if job.get("labels"):
+        labelled = set(labelled_subset(train, job["labels"]))
+        if not job["kd"]:  # without a teacher the audio without transcripts teaches nothing
+            train, labelled = [train[i] for i in sorted(labelled)], None
     torch.manual_seed(cfg.seed)
     student = build_student(out, cfg, job["chunk_ms"], len(tok))
     if job.get("init"):
@@ -276,11 +208,13 @@ def train_student(out: Path, cfg: BenchConfig, job: Dict) -> Dict:
         wav, wl, y, yl = collate([train[i] for i in idx], tok)
         s_out = student(wav, wl)
         t_out = teacher(wav, wl) if teacher is not None else None
-        s, d, stats = kd_objective(kd_loss, s_out, t_out, 1.0 if kd_loss is not None else 0.0, 1.0, y, yl)
+        mask = None if labelled is None else torch.tensor([i in labelled for i in idx])
+        s, d, stats = kd_objective(kd_loss, s_out, t_out, 1.0 if kd_loss is not None else 0.0, 1.0, y, yl, labelled=mask)
         return s / d, stats
 
+    steps = cfg.student_steps * job.get("steps_factor", 1)
     info = train_loop(holder, step, duration_batches(train, cfg.student_batch_s, cfg.seed), cfg.student_lr,
-                      cfg.student_warmup, out / f"models/{job['name']}.partial.pt", steps=cfg.student_steps,
+                      cfg.student_warmup, out / f"models/{job['name']}.partial.pt", steps=steps,
                       ckpt_every_s=cfg.ckpt_every_s, desc=job["name"])
     atomic_torch_save({"state_dict": student.state_dict(), "chunk_ms": job["chunk_ms"], "vocab": len(tok), "job": job,
                  "train": info}, out / f"models/{job['name']}.pt")
@@ -298,7 +232,7 @@ def evaluate_student(out: Path, cfg: BenchConfig, name: str) -> Dict:
         return o.logits, o.lengths
 
     dirs = split_dirs(out)
-    return {split: evaluate(fwd, load_split(dirs[split]), tok) for split in ("test", "fsdd_test")}
+    return {split: evaluate(fwd, load_split(dirs[split]), tok) for split in ("valid", "test", "fsdd_test")}
 
 
 def run_student_job(out_dir: str, cfg: BenchConfig, job: Dict) -> Dict:

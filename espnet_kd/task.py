@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import zipfile
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
@@ -89,6 +91,15 @@ def student_frame_shift_ms(model: ESPnetASRModel, fs: int) -> float:
         shift = measure_frame_shift_ms(lambda n: int(model.encode(torch.zeros(1, n), torch.tensor([n]))[1]), fs)
     model.train(was)
     return shift
+
+
+def check_resumable(args: argparse.Namespace) -> None:
+    """``--resume true`` over a ``checkpoint.pth`` that a kill cut short (ESPnet writes it in place, not atomically)
+    fails with one line instead of a traceback from inside the trainer; the torn file is left as it is."""
+    ckpt = Path(getattr(args, "output_dir", None) or ".") / "checkpoint.pth"
+    if getattr(args, "resume", False) and ckpt.is_file():
+        require(zipfile.is_zipfile(ckpt), f"--output_dir {ckpt.parent}: checkpoint.pth is incomplete (the run was killed while "
+                f"ESPnet was writing it); delete it to restart training, the epoch snapshots (*epoch.pth) are intact")
 
 
 class ASRKDTask(ASRTask):
@@ -200,6 +211,7 @@ class ASRKDTask(ASRTask):
     @classmethod
     def build_model(cls, args: argparse.Namespace) -> AbsESPnetModel:
         """Student + (unless collecting stats) the frozen teacher and the KD loss; bad options fail here."""
+        check_resumable(args)
         model = cls.build_student(args)
         if not isinstance(model, ESPnetASRKDModel) or getattr(args, "collect_stats", False):
             return model

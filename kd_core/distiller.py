@@ -23,8 +23,17 @@ from .students.model import StreamingStudent, StudentOutput
 from .teachers.base import Teacher, TeacherOutput
 
 
-def ctc_loss_sum(logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CTC summed over utterances. ``logits (B, T, V)``, ``targets (B, U)`` (blank = 0) -> ``(sum, B)``."""
+def ctc_loss_sum(logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor,
+                 labelled: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CTC summed over utterances. ``logits (B, T, V)``, ``targets (B, U)`` (blank = 0) -> ``(sum, B)``.
+
+    ``labelled (B,)`` bool: only these utterances count (semi-supervised KD: the others are unlabelled audio that
+    only the KD term reads); the denominator is their number, ``0`` when none is labelled (the sum is then ``0``).
+    """
+    if labelled is not None:
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0, torch.tensor(0.0)
+        logits, lengths, targets, target_lengths = logits[labelled], lengths[labelled], targets[labelled], target_lengths[labelled]
     lp = logits.log_softmax(-1).transpose(0, 1).float()
     loss = F.ctc_loss(lp, targets, lengths, target_lengths, blank=0, reduction="sum", zero_infinity=True)
     return loss, torch.tensor(float(logits.size(0)))
@@ -150,10 +159,11 @@ def global_batch_mean(total: torch.Tensor, den: torch.Tensor, weight: int) -> to
 
 def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: Optional[TeacherOutput], kd_weight: float,
                  ctc_weight: float, targets: Optional[torch.Tensor] = None, target_lengths: Optional[torch.Tensor] = None,
-                 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+                 labelled: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
     """``kd_weight * KD (`kd_term`) + ctc_weight * CTC (mean over utterances)``, returned as
     ``(mean * B, B, stats)``: the per-utterance sum that ESPnet divides by its weight and fairseq by
-    ``sample_size``. CTC counts only when ``targets (B, U)`` are given. ``stats``: the loss's own
+    ``sample_size``. CTC counts only when ``targets (B, U)`` are given, and only over the ``labelled (B,)``
+    utterances when that mask is given (the KD term reads every utterance). ``stats``: the loss's own
     terms, ``kd``, ``ctc`` and ``loss``.
     """
     b = student.lengths.numel()
@@ -165,8 +175,11 @@ def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: 
         stats["kd"] = kd_mean.item()
     if ctc_weight and targets is not None:
         require(student.logits is not None, "ctc_weight > 0 but the student has no CTC head; set vocab_size")
-        c_sum, c_den = ctc_loss_sum(student.logits, student.lengths, targets, target_lengths)
-        loss = loss + ctc_weight * c_sum / c_den
-        stats["ctc"] = (c_sum / c_den).item()
+        c_sum, c_den = ctc_loss_sum(student.logits, student.lengths, targets, target_lengths, labelled)
+        if c_den > 0:
+            loss = loss + ctc_weight * c_sum / c_den
+            stats["ctc"] = (c_sum / c_den).item()
+        else:
+            loss = loss + c_sum  # 0, keeps the graph
     stats["loss"] = loss.item()
     return loss * b, torch.tensor(float(b)), stats

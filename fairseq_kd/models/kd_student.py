@@ -32,7 +32,7 @@ MODEL_NAME = "kd_streaming_student"
 WAV_CNN_DEFAULT = "[(128, 10, 5), (128, 3, 2), (128, 3, 2), (128, 3, 2), (128, 2, 2), (128, 2, 2), (128, 2, 2), (128, 2, 2)]"
 #: config fields passed to ChunkedEncoder unchanged
 ENCODER_FIELDS = ("d_model", "num_layers", "num_heads", "ffn_dim", "block_type", "conv_kernel", "dropout", "chunk_size",
-                  "num_left_chunks", "right_context", "dynamic_chunk", "causal_conv")
+                  "num_left_chunks", "right_context", "dynamic_chunk", "causal_conv", "squeeze")
 FBANK_FIELDS = ("n_mels", "win_ms", "hop_ms", "channels")
 
 
@@ -62,6 +62,9 @@ class KDStudentConfig(FairseqDataclass):
     right_context: int = field(default=0, metadata={"help": "look-ahead frames of the first layer"})
     dynamic_chunk: bool = field(default=False, metadata={"help": "train with random chunk sizes on half the batches"})
     causal_conv: Optional[bool] = field(default=None, metadata={"help": "default: causal iff chunk_size > 0"})
+    squeeze: int = field(default=1, metadata={
+        "help": "SEW squeezing: the encoder runs on frames pooled in groups of this many (chunk_size and right_context "
+                "multiples of it) and upsamples its output back; 1 = off"})
     ctc_head: bool = field(default=True, metadata={"help": "CTC output layer over the task's dictionary (if it has one)"})
     # teacher and initialisation
     teacher_type: ChoiceEnum(list(TEACHER_TYPES)) = field(default="fairseq", metadata={

@@ -83,6 +83,8 @@ def check_exportable(student: DeployableStudent, left_chunks: Optional[int]) -> 
             student.frontend.win == 400 and student.frontend.hop == 160,
             "front-end: the runtime's fbank is 25 ms / 10 ms at 16 kHz; train with win_ms 25, hop_ms 10, 16 kHz audio")
     require(enc.chunk_size > 0, "chunk_size=0: a full-context student cannot stream; train (or fine-tune) with chunk_size > 0")
+    require(enc.squeeze == 1, f"squeeze={enc.squeeze}: the export does not build SEW squeezing into the graph yet; "
+            "deploy an unsqueezed student (squeeze 1)")
     require(enc.right_context == 0, f"right_context={enc.right_context}: the runtime's model type has no encoder "
             "look-ahead; train with right_context 0")
     left = enc.num_left_chunks if left_chunks is None else left_chunks

@@ -21,7 +21,8 @@ def main(argv: Optional[list] = None) -> None:
     for name in SHAPES:
         d = describe(name, a.chunk_size)
         print(f"{name:10s} {d['params'] / 1e6:5.2f}M  1/{1 / d['fraction_of_teacher']:4.1f} of the zoo teacher  "
-              f"latency {d['latency_ms']:.0f} ms at chunk {a.chunk_size}")
+              f"latency {d['latency_ms']:.0f} ms at chunk {a.chunk_size}"
+              + (f"  (SEW: encoder on {d['squeeze']}x fewer frames)" if d["squeeze"] > 1 else ""))
 
 
 if __name__ == "__main__":

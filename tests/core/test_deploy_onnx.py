@@ -110,6 +110,7 @@ def test_cli_exports_and_refuses_bad_students(tmp_path):
         (dict(chunk=0), "chunk_size=0: a full-context student cannot stream"),
         (dict(right_context=2), "right_context=2: the runtime's model type has no encoder look-ahead"),
         (dict(left=-1), "pass --left-chunks N"),
+        (dict(squeeze=2), "squeeze=2: the export does not build SEW squeezing into the graph yet"),
     ]
     for kw, message in bad:
         student, _ = _student(**kw)

@@ -140,3 +140,23 @@ def test_method_defaults_come_from_the_loss(ctc_teacher):
     assert dist.kd.k == inspect.signature(KD_LOSSES["aux_apc"]).parameters["apc_shift"].default
     with pytest.raises(KDConfigError, match="loss_conf heads: not an option of kd_loss aux_apc"):
         Distiller(ctc_teacher, student, kd_loss="aux_apc", layer_map="1:1", heads="linear")
+
+
+def test_ctc_reads_only_labelled_utterances_and_kd_reads_all(ctc_teacher):
+    """Semi-supervised KD (``labelled`` mask): the CTC term is the mean over the labelled utterances alone (equal to
+    running CTC on that sub-batch), the KD term still reads the whole batch, and a batch without labels has KD only."""
+    from kd_core.distiller import ctc_loss_sum, kd_objective
+
+    torch.manual_seed(0)
+    student = student_tiny(num_layers=2, chunk_size=3, vocab_size=ctc_teacher.vocab_size).eval()
+    dist = Distiller(ctc_teacher, student, layer_map="1:1,3:2", ctc_weight=1.0).eval()
+    with torch.no_grad():
+        t, st = ctc_teacher(WAV, LENS), student(WAV, LENS)
+        mask = torch.tensor([True, False, True])
+        _, _, part = kd_objective(dist.kd, st, t, 1.0, 1.0, Y, YL, labelled=mask)
+        _, _, whole = kd_objective(dist.kd, st, t, 1.0, 1.0, Y, YL)
+        sub = ctc_loss_sum(st.logits[mask], st.lengths[mask], Y[mask], YL[mask])
+        _, _, none = kd_objective(dist.kd, st, t, 1.0, 1.0, Y, YL, labelled=torch.zeros(3, dtype=torch.bool))
+    assert part["ctc"] == pytest.approx(float(sub[0] / sub[1]), rel=1e-6) and part["ctc"] != pytest.approx(whole["ctc"], rel=1e-3)
+    assert part["kd"] == whole["kd"] == none["kd"]
+    assert "ctc" not in none and none["loss"] == pytest.approx(none["kd"], rel=1e-6)

@@ -53,7 +53,7 @@ def test_student_shape_presets_one_definition():
 
     from espnet_kd.encoder import KDChunkedEncoder
     from fairseq_kd.models.kd_student import KDStudentConfig
-    from kd_core.students.presets import SHAPES, ZOO_TEACHER_PARAMS, describe, preset_files
+    from kd_core.students.presets import SHAPES, ZOO_TEACHER_PARAMS, describe, preset_files, student_preset
 
     for path, text in preset_files(ROOT).items():
         assert path.read_text() == text, f"{path}: regenerate with python -m kd_core.students --write"
@@ -63,10 +63,12 @@ def test_student_shape_presets_one_definition():
         else:
             assert set(conf["encoder_conf"]) <= set(inspect.signature(KDChunkedEncoder).parameters)
     deep_wide = {}
-    for name, (fraction, d, layers) in SHAPES.items():
+    for name, (fraction, d, layers, *squeeze) in SHAPES.items():
         info = describe(name)
         assert info["params"] <= ZOO_TEACHER_PARAMS / fraction, name
         assert info["params"] >= 0.8 * ZOO_TEACHER_PARAMS / fraction, name  # near the fraction, not far below it
         deep_wide.setdefault(fraction, {})[name.split("_")[1]] = (d, layers)
+        assert student_preset(name).encoder.squeeze == (squeeze[0] if squeeze else 1)
+    assert deep_wide[12]["sew"] == deep_wide[12]["deep"]  # the squeezed preset is the deep shape, squeezed
     for fraction, shapes in deep_wide.items():  # per size: a deeper-and-thinner and a shallower-and-wider shape
         assert shapes["deep"][0] < shapes["wide"][0] and shapes["deep"][1] > shapes["wide"][1]

@@ -82,6 +82,24 @@ def test_kd_with_fairseq_hubert_teacher_resume_and_streaming(espnet_data, tiny_t
 
 
 @pytest.mark.slow
+def test_sew_squeezed_student_distils_and_streams(espnet_data, tiny_teachers, tmp_path):
+    """``--encoder_conf squeeze=2`` (SEW): the real trainer distils into the squeezed student (its learnt upsampling
+    trains), and its chunk-by-chunk decoding equals the offline one."""
+    out = tmp_path / "exp"
+    _train(espnet_data, out, *CHUNKED, "--encoder_conf", "squeeze=2", "--teacher_type", "fairseq", "--teacher_path",
+           tiny_teachers["fairseq_hubert"], "--kd_loss_conf", "layer_map='1:1,3:2'", "--max_epoch", "1")
+    state = torch.load(out / "1epoch.pth", map_location="cpu")
+    assert any(k.startswith("encoder.net.upsample.") for k in state), sorted(state)[:8]
+    dec = ["--data_path_and_name_and_type", f"{espnet_data['root']}/dump/test/wav.scp,speech,sound",
+           "--asr_train_config", out / "config.yaml", "--asr_model_file", out / "valid.loss.best.pth"]
+    run_espnet("espnet2.bin.asr_kd_inference", *dec, "--output_dir", tmp_path / "offline", cwd=tmp_path)
+    run_espnet("espnet2.bin.asr_kd_inference", *dec, "--kd_chunk_streaming", "true", "--kd_piece_ms", "130",
+               "--output_dir", tmp_path / "stream", cwd=tmp_path)
+    a = (tmp_path / "offline/1best_recog/token_int").read_text()
+    assert a == (tmp_path / "stream/1best_recog/token_int").read_text() and len(a.splitlines()) == 4
+
+
+@pytest.mark.slow
 def test_kd_from_zoo_teacher_into_stock_encoder_decodes_without_our_package(espnet_data, tiny_teachers, tmp_path):
     """ESPnet teacher (packed zip via espnet_model_zoo) -> contextual-block conformer student; the exported
     student decodes with stock asr_inference in a process where importing our packages would fail."""

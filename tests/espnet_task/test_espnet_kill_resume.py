@@ -38,3 +38,12 @@ def test_kd_training_killed_with_sigkill_resumes_to_the_uninterrupted_student(es
     a = torch.load(tmp_path / "whole" / "checkpoint.pth", map_location="cpu", weights_only=False)["model"]
     b = torch.load(killed / "checkpoint.pth", map_location="cpu", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed student differs from the uninterrupted one"
+    # a kill while ESPnet writes checkpoint.pth (in place) leaves it torn: the re-run refuses it with one line, untouched
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    data = (killed / "checkpoint.pth").read_bytes()
+    (torn / "checkpoint.pth").write_bytes(data[: len(data) // 2])
+    proc = run_espnet("espnet2.bin.asr_kd_train", *args, "--output_dir", torn, cwd=espnet_data["root"], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "checkpoint.pth is incomplete" in proc.stderr.strip().splitlines()[-1]
+    assert (torn / "checkpoint.pth").read_bytes() == data[: len(data) // 2]

@@ -1,9 +1,12 @@
 """The debug-size egs2 recipe runs end to end (data -> tokenizer -> stats -> zoo teacher -> KD + scratch students -> decode
 -> score), every method on it, and the recipe's own teacher stage."""
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -40,6 +43,7 @@ def test_debug_recipe_end_to_end(tmp_path):
     assert kd_cfg["teacher_type"] == "fairseq" and kd_cfg["teacher_path"] == str(ZOO_CTC)
     assert kd_cfg["model_conf"]["kd_weight"] > 0 and scratch_cfg["model_conf"]["kd_weight"] == 0
     assert (recipe / "exp/asr_kd_student/export/config.yaml").exists()
+    _killed_at_a_random_point_and_rerun_equals(recipe, tmp_path / "killed", env)
     # rerunning a finished stage range resumes: training stages find their checkpoints and do not retrain
     before = (recipe / "exp/asr_kd_student/checkpoint.pth").stat().st_mtime_ns
     subprocess.run(["./run.sh", "--debug", "true", "--python", sys.executable, "--stage", "6", "--stop_stage", "6"],
@@ -61,3 +65,31 @@ def test_debug_recipe_end_to_end(tmp_path):
     assert (recipe / "exp/asr_kd_student_stage1/stage1.zip").exists()
     if not has_fsdd:  # everything else was checked; say what was not
         pytest.skip(f"{ROOT.parent / 'shared/data/fsdd'} missing: the recipe's real-speech (FSDD) test set was not checked")
+
+
+def _killed_at_a_random_point_and_rerun_equals(whole, tmp, env):
+    """SIGKILL to the whole recipe (bash and its python children) inside a random stage 1-7; running the same command
+    again finishes it, and its students and decodings equal the uninterrupted run's (``whole``)."""
+    recipe = tmp / "egs2" / "kd_synth" / "asr1"
+    shutil.copytree(ROOT / "egs2" / "kd_synth" / "asr1", recipe, ignore=shutil.ignore_patterns("data", "dump", "exp"))
+    rng = random.Random(os.getpid())
+    stage, delay = rng.randint(1, 7), rng.uniform(0, 2)
+    cmd = ["./run.sh", "--debug", "true", "--python", sys.executable]
+    with open(tmp / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=recipe, env=env, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.time() + 900
+        while proc.poll() is None and time.time() < deadline and f"Stage {stage}:" not in (tmp / "killed.log").read_text():
+            time.sleep(0.05)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the recipe ended before the kill in stage {stage} (+{delay:.1f} s)"
+    rerun = subprocess.run(cmd, cwd=recipe, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, f"killed in stage {stage} (+{delay:.1f} s); the re-run failed:\n{rerun.stderr[-3000:]}"
+    for student in ("asr_kd_student", "asr_kd_student_scratch"):
+        a = torch.load(whole / "exp" / student / "valid.loss.ave.pth", map_location="cpu")
+        b = torch.load(recipe / "exp" / student / "valid.loss.ave.pth", map_location="cpu")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{student} differs (killed in stage {stage})"
+    texts = sorted(p.relative_to(whole) for p in (whole / "exp").glob("*/decode_*/*/1best_recog/text"))
+    assert texts and texts == sorted(p.relative_to(recipe) for p in (recipe / "exp").glob("*/decode_*/*/1best_recog/text"))
+    assert all((whole / t).read_text() == (recipe / t).read_text() for t in texts), f"decodings differ (killed in stage {stage})"

@@ -49,6 +49,19 @@ def test_hubert_teacher_resume_stock_reload_and_streaming_decode(fairseq_data, t
     assert streaming["algorithmic_latency_ms"] == 12 * 40 + 25 + 6 * 10 - 40  # chunk + fbank look-ahead
 
 
+def test_sew_squeezed_student(fairseq_data, tiny_teachers, tmp_path):
+    """``model.squeeze=2`` (SEW) through the real trainer: layer KD into the squeezed student, whose chunk-by-chunk
+    decoding gives the offline words."""
+    save = tmp_path / "exp"
+    hydra_train(f"task.data={fairseq_data['letters']}", f"model.teacher_path={tiny_teachers['fairseq_hubert']}",
+                "criterion.layer_map='1:1,3:2'", "model.squeeze=2", "optimization.max_epoch=1", save_dir=save, cwd=tmp_path)
+    assert any(k.startswith("student.encoder.upsample.") for k in _state(save / "checkpoint_last.pt")["model"])
+    for extra in ([], ["--streaming", "--piece-ms", "130"]):
+        run_module("fairseq_kd.decode", "--checkpoint", save / "checkpoint_best.pt", "--split", "test",
+                   "--results-path", tmp_path / "dec", *extra, cwd=tmp_path)
+    assert (tmp_path / "dec" / "hyp.test.txt").read_text() == (tmp_path / "dec" / "hyp.test.streaming.txt").read_text()
+
+
 def test_ctc_teacher_lfmmi_two_stage(fairseq_data, tiny_teachers, tmp_path):
     """DistillW2V2 in fairseq: stage 1 non-streaming (LF-MMI, den graph from the teacher's 1-best, 2-state
     topology), stage 2 streaming, initialised from stage 1 and distilled from it."""
