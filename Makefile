@@ -5,7 +5,7 @@ export PYTHONWARNINGS ?= ignore::FutureWarning
 
 RECIPE := egs2/kd_synth/asr1
 
-.PHONY: install demo test test-fast bench bench-quick clean
+.PHONY: install demo test test-fast bench bench-quick bench-methods clean
 install:
 	bash tools/install.sh
 
@@ -21,12 +21,16 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 # Teacher vs distilled streaming students (WER x latency x size x speed): bench/results/summary.md + PNGs.
-# Resumable by stage (re-running skips finished stages/models); ~90 min on 2 CPU cores, bench-quick ~10 min.
+# Resumable by stage (re-running skips finished stages/models); <= 150 min on 2 CPU cores, bench-quick ~10 min.
+# bench-methods: HuBERT-disc, front-end KD, SEW and the shape presets (bench/results/methods/summary.md).
 bench: install
 	bash bench/run.sh
 
 bench-quick: install
 	bash bench/run.sh --quick
+
+bench-methods: install
+	bash bench/run.sh --suite methods
 
 clean:
 	rm -rf exp outputs .pytest_cache

@@ -18,13 +18,22 @@ CHUNKS_MS = (480, 160, 0)
 METHOD_CHUNK_MS = 480
 #: the teacher (relative to the repository root); its ``dict.ltr.txt`` lies beside it
 ZOO_TEACHER = "zoo/hubert_mini_ctc/hubert_mini_ctc.pt"
+#: the pre-trained HuBERT whose codebook (final_proj + label embeddings) the discriminative loss reads
+ZOO_CODEBOOK_TEACHER = "zoo/hubert_mini/hubert_mini.pt"
+#: the two job suites: ``main`` (KD vs scratch: chunk sweep, low resource, methods of the main table) and
+#: ``methods`` (issue 14's methods and the shape presets at the method chunk, same budget as layer KD)
+SUITES = ("main", "methods")
+#: methods-suite rows of the shape presets (kd_core.students.presets): layer KD (``layer_map auto``) at the method chunk
+PRESET_ROWS = ("s12_deep", "s12_sew", "s8_wide", "s4_wide")
+#: transformer layers of the zoo teacher (the ``auto`` layer maps of the preset rows pair with them)
+TEACHER_LAYERS = 8
 
-#: methods listed in the report but not implemented in kd_core yet (rows say "not built yet")
+#: rows of the main suite whose numbers live elsewhere or do not exist yet (key, method, where)
 NOT_BUILT = (
-    ("hubert_disc", "HuBERT discriminative (codeword) loss"),
-    ("frontend_kd", "waveform -> Fbank front-end distillation"),
-    ("sew_student", "SEW-style squeezed student"),
-    ("rnnt_kd", "RNN-T soft/hard-target KD"),
+    ("hubert_disc", "HuBERT discriminative (codeword) loss", "in the methods suite"),
+    ("frontend_kd", "waveform -> Fbank front-end distillation", "in the methods suite"),
+    ("sew_student", "SEW-style squeezed student", "in the methods suite"),
+    ("rnnt_kd", "RNN-T soft/hard-target KD", "not built yet"),
 )
 
 
@@ -70,6 +79,7 @@ class BenchConfig:
     # measurements
     rtf_utts: int  # synthetic test utterances timed for RTF / latency (same for every model)
     timing_repeats: int
+    suite: str = "main"  # which students (SUITES)
     seed: int = 0
     jobs: int = 2  # student trainings in parallel (1 thread each)
     ckpt_every_s: float = 120.0  # partial checkpoints of a training (a killed run resumes mid-training)
@@ -79,17 +89,27 @@ class BenchConfig:
 
     @property
     def cache_layers(self) -> List[int]:
-        """Teacher layers every student method needs (the cache stores them + the CTC logits)."""
-        return sorted({int(p.split(":")[0]) for p in self.layer_map.split(",")})
+        """Teacher layers every student of the suite needs (the cache stores them + the CTC logits): the layer map's,
+        and in the methods suite those of every preset's ``auto`` map and layer 0 (front-end KD)."""
+        layers = {int(p.split(":")[0]) for p in self.layer_map.split(",")}
+        if self.suite == "methods":
+            from kd_core.losses.layerwise import auto_layer_map
+            from kd_core.students.presets import preset_conf
+
+            depths = [preset_conf(name)["num_layers"] for name in PRESET_ROWS]
+            layers |= {t for d in depths for t, _ in auto_layer_map(TEACHER_LAYERS, d)} | {0}
+        return sorted(layers)
 
     def to_dict(self) -> Dict:
         return asdict(self)
 
 
-def get_config(mode: str, seed: int = 0, jobs: int = 2) -> BenchConfig:
+def get_config(mode: str, seed: int = 0, jobs: int = 2, suite: str = "main") -> BenchConfig:
     """The preset of ``mode`` (``full``: the committed run, <= 150 min on 2 cores; ``quick``: <= 10 min;
-    ``smoke``: 1-3 min, plumbing only)."""
-    common = dict(seed=seed, jobs=jobs, teacher_path=ZOO_TEACHER, lowres_fraction=0.1, convergence_factor=2)
+    ``smoke``: 1-3 min, plumbing only) for job suite ``suite``."""
+    if suite not in SUITES:
+        raise ValueError(f"suite={suite!r}: use one of {', '.join(SUITES)}")
+    common = dict(seed=seed, jobs=jobs, teacher_path=ZOO_TEACHER, lowres_fraction=0.1, convergence_factor=2, suite=suite)
     if mode == "full":
         return BenchConfig(
             mode=mode, corpus=labelled_corpus(), fsdd_max_per_split=None,

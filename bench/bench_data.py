@@ -8,7 +8,7 @@ Layout under the work dir ``D``:
   minus utterances too short for CTC at the student's 40 ms frame rate;
 - ``D/lists/tokens.txt``: the teacher's letter inventory in its output order (``|`` = word boundary), so a
   student's CTC index ``i`` is the teacher's (LF-MMI reads the teacher's posteriors); shared by all students;
-- ``D/lists/fbank_stats.pt``: global log-Mel mean/std of the training audio (the students' front-end).
+- ``D/lists/fbank_stats.pt``: global log-Mel mean/std of the training audio per Mel-bin count (the students' front-ends).
 """
 from __future__ import annotations
 
@@ -67,8 +67,11 @@ def prepare_data(out: Path, cfg, fsdd_dir: str) -> Dict:
     atomic_write_text(kdir / "wav.scp", "".join(f"{u.uid} {u.path}\n" for u in kept))
     atomic_write_text(kdir / "text", "".join(f"{u.uid} {u.text}\n" for u in kept))
     atomic_write_text(lists / "tokens.txt", "".join(f"{s}\n" for s in tok.symbols[1:]))
-    mean, std = fbank_stats(stats_wavs, cfg.student["frontend_conf"]["n_mels"])
-    atomic_torch_save({"mean": mean, "std": std}, lists / "fbank_stats.pt")
+    stats = {}
+    for n_mels in student_mels(cfg):
+        mean, std = fbank_stats(stats_wavs, n_mels)
+        stats[n_mels] = {"mean": mean, "std": std}
+    atomic_torch_save(stats, lists / "fbank_stats.pt")
     info = {"synth": {k: v["count"] for k, v in summary["splits"].items()},
             "fsdd": {k: v["count"] for k, v in fsdd["splits"].items()},
             "train_utts": len(kept), "train_dropped_too_short": [u.uid for u in dropped],
@@ -95,9 +98,19 @@ def fbank_stats(wavs: Sequence[torch.Tensor], n_mels: int = 80) -> Tuple[torch.T
     return feats.mean(0), feats.std(0)
 
 
-def student_fbank_stats(out: Path) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The students' global log-Mel mean/std (computed by :func:`prepare_data`)."""
-    st = torch.load(out / "lists/fbank_stats.pt")
+def student_mels(cfg) -> List[int]:
+    """Mel-bin counts of the suite's students (the configured student and, in the methods suite, the presets)."""
+    from kd_core.students.presets import preset_conf
+
+    from .bench_config import PRESET_ROWS
+
+    shapes = PRESET_ROWS if cfg.suite == "methods" else ()
+    return sorted({cfg.student["frontend_conf"]["n_mels"]} | {preset_conf(n)["frontend_conf"]["n_mels"] for n in shapes})
+
+
+def student_fbank_stats(out: Path, n_mels: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The students' global log-Mel mean/std for ``n_mels`` bins (computed by :func:`prepare_data`)."""
+    st = torch.load(out / "lists/fbank_stats.pt")[n_mels]
     return st["mean"], st["std"]
 
 

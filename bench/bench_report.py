@@ -75,11 +75,12 @@ def collect_rows(scores: Dict[str, Dict], speed: Dict, teacher_eval: Dict, cfg: 
         row = {"name": name, "method": job["method"], "chunk_ms": ms, "wer": sc["test"]["wer"], "cer": sc["test"]["cer"],
                "wer_fsdd": sc["fsdd_test"]["wer"], "wer_valid": sc["valid"]["wer"], **m, "degr": rel(sc["test"]["wer"], t_wer),
                "degr_fsdd": rel(sc["fsdd_test"]["wer"], t_fsdd), "train": sc["train"]}
-        if job["kd"] and scratch is not None:
+        if job["kd"] and scratch is not None and not job.get("student"):  # KD vs scratch of the same shape only
             row["vs_scratch"] = -rel(sc["test"]["wer"], scratch["test"]["wer"])
             row["vs_scratch_fsdd"] = -rel(sc["fsdd_test"]["wer"], scratch["fsdd_test"]["wer"])
         rows.append(row)
-    rows += [{"name": key, "method": label, "not_built": True, "chunk_ms": cfg.method_chunk_ms} for key, label in NOT_BUILT]
+    if cfg.suite == "main":
+        rows += [{"name": key, "method": label, "not_built": where, "chunk_ms": cfg.method_chunk_ms} for key, label, where in NOT_BUILT]
     return rows
 
 
@@ -90,7 +91,7 @@ def main_table(rows: List[Dict]) -> List[str]:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if r.get("not_built"):
-            lines.append(f"| {r['name']} | {r['method']} | {r['chunk_ms']} | not built yet | | | | | | | | | | | |")
+            lines.append(f"| {r['name']} | {r['method']} | {r['chunk_ms']} | {r['not_built']} | | | | | | | | | | | |")
             continue
         chunk = "full" if not r["chunk_ms"] else str(r["chunk_ms"])
         if r["name"] == "teacher":
@@ -132,14 +133,14 @@ def target_rows(rows: List[Dict], training: Dict, cfg: BenchConfig) -> List[Dict
         main["speedup_stream"], 8.0, True)
     add(f"student >= 8x faster than the teacher, CPU RTF, {cfg.method_chunk_ms} ms student full-utterance forward",
         main["speedup"], 8.0, True)
-    for ms in [c for c in cfg.chunks_ms if 0 < c <= 320]:
+    for ms in [c for c in cfg.chunks_ms if 0 < c <= 320 and cfg.suite == "main"]:
         r, scratch = by[f"layer_kd_{tag(ms)}"], by[f"scratch_{tag(ms)}"]
         for key, degr, label in (("wer", "degr", "synthetic test"), ("wer_fsdd", "degr_fsdd", "FSDD test")):
             detail = f"WER {r[key]:.1f} vs teacher {by['teacher'][key]:.1f}"
             add(f"relative WER degradation vs teacher <= 9 % at {ms} ms chunk (layer KD, {label})", r[degr], 9.0, False, "%",
                 detail, counted=by["teacher"][key] < scratch[key],
                 why=f"the teacher ({by['teacher'][key]:.1f}) does not beat the scratch student ({scratch[key]:.1f})")
-    for key, label in (("vs_scratch", "synthetic test"), ("vs_scratch_fsdd", "FSDD test")):
+    for key, label in (("vs_scratch", "synthetic test"), ("vs_scratch_fsdd", "FSDD test")) if cfg.suite == "main" else ():
         vals = {ms: by[f"layer_kd_{tag(ms)}"].get(key, math.nan) for ms in cfg.chunks_ms}
         worst = min(vals.values(), key=lambda v: v if math.isfinite(v) else -math.inf)
         add(f"distilled >= 15 % relative better than from scratch, every chunk size (layer KD, {label}; worst shown)",
@@ -187,6 +188,23 @@ def evidence_lines(rows: List[Dict], cfg: BenchConfig) -> List[str]:
         lines += ["", f"Convergence check: the {cfg.method_chunk_ms} ms scratch student after {cfg.convergence_factor} x "
                   f"{cfg.student_steps} steps has valid WER {more['wer_valid']:.1f} vs {once['wer_valid']:.1f} after "
                   f"{cfg.student_steps} ({change:+.1f} % relative): " + verdict]
+    return lines
+
+
+def methods_lines(rows: List[Dict], cfg: BenchConfig) -> List[str]:
+    """The methods suite: each method and shape against layer KD into the main student, same budget."""
+    by = {r["name"]: r for r in rows if not r.get("not_built")}
+    ref = by.get(f"layer_kd_{cfg.method_chunk_ms}ms")
+    if cfg.suite != "methods" or ref is None:
+        return []
+    lines = [f"## Methods and shapes at {cfg.method_chunk_ms} ms (same steps, data and seed as layer KD)", "",
+             "| model | method | params (M) | RTF stream | WER synth | WER FSDD | rel. WER vs layer KD synth / FSDD (%, - = better) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows[1:]:
+        if r.get("not_built"):
+            continue
+        lines.append(f"| {r['name']} | {r['method']} | {r['params'] / 1e6:.2f} | {fmt(r.get('rtf_stream'), '.4f')} | "
+                     f"{r['wer']:.1f} | {r['wer_fsdd']:.1f} | {rel(r['wer'], ref['wer']):+.1f} / {rel(r['wer_fsdd'], ref['wer_fsdd']):+.1f} |")
     return lines
 
 
@@ -283,7 +301,7 @@ def write_report(out: Path, results_dir: Path, cfg: BenchConfig, command: str, s
     t = rows[0]
     n_met = sum(x["met"] is True for x in targets)
     counted = sum(x["met"] is not None for x in targets)
-    lines = [f"# Benchmark: teacher vs distilled streaming students ({cfg.mode} run)", "",
+    lines = [f"# Benchmark: teacher vs distilled streaming students ({cfg.mode} run" + (f", {cfg.suite} suite" if cfg.suite != "main" else "") + ")", "",
              f"Command: `{command}` (seed {cfg.seed}); machine: {machine()}; versions: "
              + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
              f"Data: the teacher's labelled set, regenerated from its seed: synthetic speech (espeak-ng + sox, closed "
@@ -314,7 +332,11 @@ def write_report(out: Path, results_dir: Path, cfg: BenchConfig, command: str, s
              f"every KD method also keeps the CTC loss (weight 1). Layer map teacher:student `{cfg.layer_map}`; two-stage "
              f"stage 2 `{cfg.stage2_layer_map}` from the stage-1 student (online `StudentTeacher`), initialised from it: the "
              f"two-stage row has had 2 x {cfg.student_steps} student steps, the convergence check {cfg.convergence_factor} x, "
-             f"every other row {cfg.student_steps}.", "",
+             f"every other row {cfg.student_steps}."
+             + (" Rows named after a shape preset (`kd_core.students.presets`) train that shape instead, with layer map "
+                "`auto` (student layers at 1/3, 2/3, 3/3 of its depth); the HuBERT-discriminative row distils the pre-trained "
+                "`zoo/hubert_mini` (its codebook and its own cached layers); front-end KD stage A trains without CTC."
+                if cfg.suite == "methods" else ""), "",
              "WER: greedy CTC, jiwer, %. Student WERs come from the masked full forward, which equals chunk-by-chunk "
              "streaming (max |stream - full| logit difference over checked utterances: "
              f"{max((r.get('stream_vs_full_max_abs_diff', 0.0) for r in rows if not r.get('not_built')), default=0):.1e}). "
@@ -325,7 +347,7 @@ def write_report(out: Path, results_dir: Path, cfg: BenchConfig, command: str, s
              "needs to its output). Algorithmic latency = chunk + front-end look-ahead (kd_core.streaming).", "",
              "## Results", ""]
     lines += main_table(rows)
-    lines += [""] + evidence_lines(rows, cfg)
+    lines += [""] + evidence_lines(rows, cfg) + [""] + methods_lines(rows, cfg)
     lines += ["", f"## Targets ({n_met} of {counted} met; {len(targets) - counted} not counted)", "",
               "| target | measured | threshold | met | margin | detail |",
               "|---|---|---|---|---|---|"]

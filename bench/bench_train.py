@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .bench_config import BenchConfig
+from .bench_config import PRESET_ROWS, ZOO_CODEBOOK_TEACHER, BenchConfig, preset_student
 from .bench_data import (Utt, collate, duration_batches, labelled_subset, length_groups, load_split, split_dirs,
                          student_fbank_stats, student_frontend, teacher_files, tokenizer)
 from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.data import CharTokenizer, greedy_ctc
-from kd_core.distiller import ctc_loss_sum, kd_objective
+from kd_core.distiller import kd_objective
 from kd_core.runner import train_loop
 
 log = logging.getLogger("bench.train")
@@ -88,7 +87,18 @@ def build_teacher_cache(out: Path, cfg: BenchConfig) -> Dict:
     cache = build_cache(out / "cache", teacher, fp, cfg.cache_layers, utts, dtype="float16", store_logits=True,
                         shard_size=512, batch_size=8, source=str(split_dirs(out)["train"] / "wav.scp"))
     st = cache.status()
-    return {"utterances": st["cached"], "complete": st["complete"], "bytes": st["bytes"], "layers": cfg.cache_layers}
+    info = {"utterances": st["cached"], "complete": st["complete"], "bytes": st["bytes"], "layers": cfg.cache_layers}
+    if cfg.suite == "methods":  # the codebook teacher's targets too (the discriminative loss never runs it online)
+        from kd_core.teachers import load_teacher as load
+        from tools.build_zoo import ROOT
+
+        path = ROOT / ZOO_CODEBOOK_TEACHER
+        teacher = load("fairseq", str(path))
+        fp = teacher_fingerprint("fairseq", str(path), teacher=teacher)
+        cb = build_cache(out / "cache_codebook", teacher, fp, cfg.cache_layers, utts, dtype="float16", store_logits=False,
+                         shard_size=512, batch_size=8, source=str(split_dirs(out)["train"] / "wav.scp"))
+        info["codebook_bytes"] = cb.status()["bytes"]
+    return info
 
 
 def cached_teacher(out: Path, cfg: BenchConfig):
@@ -100,6 +110,19 @@ def cached_teacher(out: Path, cfg: BenchConfig):
                                store_logits=True, data_dir=str(dict_dir))
 
 
+def codebook_teacher(out: Path, cfg: BenchConfig):
+    """The pre-trained HuBERT of the discriminative loss: its layers from its own cache (built by
+    :func:`build_teacher_cache` in the methods suite), its codebook from the loaded model."""
+    from kd_core.cache import load_cached_teacher
+    from kd_core.teachers import load_teacher as load
+
+    from tools.build_zoo import ROOT
+
+    path = str(ROOT / ZOO_CODEBOOK_TEACHER)
+    return load_cached_teacher(out / "cache_codebook", "fairseq", path, cfg.cache_layers, mode="fill", dtype="float16",
+                               store_logits=False, teacher=load("fairseq", path))
+
+
 # ---- students --------------------------------------------------------------------------------
 def kd_conf(layer_map: str) -> Dict:
     """User options of every KD loss here: the layer map and ``target_norm``; every method option keeps the core
@@ -109,6 +132,26 @@ def kd_conf(layer_map: str) -> Dict:
     return {"layer_map": layer_map, "target_norm": True}
 
 
+def method_jobs(cfg: BenchConfig) -> List[Dict]:
+    """The methods suite, all at the method chunk with the budget of layer KD: the references (layer KD and from
+    scratch, the main student), layer KD into every shape preset of ``PRESET_ROWS`` (``layer_map auto``), the HuBERT
+    discriminative loss (pre-trained codebook teacher) and front-end KD (stage A regresses teacher layer 0 without
+    an ASR loss, stage B is layer KD from it)."""
+    tag = f"{cfg.method_chunk_ms}ms"
+    ref = dict(chunk_ms=cfg.method_chunk_ms, depends=[])
+    jobs = [{"name": f"scratch_{tag}", "method": "from scratch", "kd": None, "teacher": None, **ref},
+            {"name": f"layer_kd_{tag}", "method": "layer KD", "kd": "layerwise", "teacher": "cache", **ref}]
+    jobs += [{"name": f"layer_kd_{tag}_{shape}", "method": f"layer KD, preset {shape}" + (" (SEW)" if "sew" in shape else ""),
+              "kd": "layerwise", "teacher": "cache", "student": shape, "layer_map": "auto", **ref} for shape in PRESET_ROWS]
+    jobs += [{"name": f"hubert_disc_{tag}", "method": "HuBERT discriminative (codeword) loss, hubert_mini", "kd": "hubert_disc",
+              "teacher": "codebook", **ref},
+             {"name": "frontend_a", "method": "front-end KD, stage A (teacher layer 0, no ASR loss)", "kd": "layerwise",
+              "teacher": "cache", "layer_map": "0:0", "ctc_weight": 0.0, **ref},
+             {"name": f"frontend_kd_{tag}", "method": "front-end KD, stage B (layer KD from stage A)", "kd": "layerwise",
+              "teacher": "cache", "init": "frontend_a", **ref, "depends": ["frontend_a"]}]
+    return jobs
+
+
 def student_jobs(cfg: BenchConfig) -> List[Dict]:
     """Every student of the benchmark, in the order they are trained (``depends``: trained before).
 
@@ -116,6 +159,9 @@ def student_jobs(cfg: BenchConfig) -> List[Dict]:
     method chunk. Low resource (``labels``): transcripts for ``cfg.lowres_fraction`` of the training set; layer KD also
     reads the rest as audio (teacher targets), from scratch cannot. Convergence check (``steps_factor``): the scratch
     student at the method chunk trained ``cfg.convergence_factor`` times longer."""
+    if cfg.suite == "methods":
+        return method_jobs(cfg)
+
     def tag(ms):
         return f"{ms}ms" if ms else "full"
 
@@ -144,20 +190,22 @@ def student_jobs(cfg: BenchConfig) -> List[Dict]:
     return jobs
 
 
-def build_student(out: Path, cfg: BenchConfig, chunk_ms: int, vocab: int):
+def build_student(out: Path, cfg: BenchConfig, chunk_ms: int, vocab: int, shape: Optional[str] = None):
+    """The configured student, or shape preset ``shape`` (same front-end, dropout and kernel as the benchmark's)."""
     from kd_core.streaming import ms_to_frames
     from kd_core.students import streaming_student
     from kd_core.students.frontends import frontend_timing_ms
 
     shift_ms, _ = frontend_timing_ms(student_frontend(cfg), 16000)
-    student = streaming_student(**cfg.student, chunk_size=ms_to_frames(chunk_ms, shift_ms), vocab_size=vocab)
-    student.frontend.set_global_stats(*student_fbank_stats(out))
+    conf = preset_student(shape) if shape else cfg.student
+    student = streaming_student(**conf, chunk_size=ms_to_frames(chunk_ms, shift_ms), vocab_size=vocab)
+    student.frontend.set_global_stats(*student_fbank_stats(out, conf["frontend_conf"]["n_mels"]))
     return student
 
 
 def load_student(out: Path, cfg: BenchConfig, name: str):
     ck = torch.load(out / f"models/{name}.pt", weights_only=False)
-    student = build_student(out, cfg, ck["chunk_ms"], ck["vocab"])
+    student = build_student(out, cfg, ck["chunk_ms"], ck["vocab"], ck["job"].get("student"))
     student.load_state_dict(ck["state_dict"])
     return student.eval()
 
@@ -174,13 +222,15 @@ def make_kd_loss(out: Path, cfg: BenchConfig, job: Dict, student, teacher, tok, 
     from kd_core.losses.registry import build_kd_loss
 
     ctx = kd_context(teacher, student, den_graph_fn(out, tok, train))
-    layer_map = cfg.stage2_layer_map if job["teacher"].startswith("student:") else cfg.layer_map
+    layer_map = job.get("layer_map") or (cfg.stage2_layer_map if job["teacher"].startswith("student:") else cfg.layer_map)
     return build_kd_loss(job["kd"], kd_conf(layer_map), ctx)
 
 
 def job_teacher(out: Path, cfg: BenchConfig, job: Dict):
     if job["teacher"] == "cache":
         return cached_teacher(out, cfg)
+    if job["teacher"] == "codebook":  # targets from its cache, the codebook from the loaded model
+        return codebook_teacher(out, cfg)
     from kd_core.teachers.student_teacher import StudentTeacher
 
     return StudentTeacher(load_student(out, cfg, job["teacher"].split(":", 1)[1]))
@@ -196,7 +246,7 @@ def train_student(out: Path, cfg: BenchConfig, job: Dict) -> Dict:
         if not job["kd"]:  # without a teacher the audio without transcripts teaches nothing
             train, labelled = [train[i] for i in sorted(labelled)], None
     torch.manual_seed(cfg.seed)
-    student = build_student(out, cfg, job["chunk_ms"], len(tok))
+    student = build_student(out, cfg, job["chunk_ms"], len(tok), job.get("student"))
     if job.get("init"):
         student.load_state_dict(load_student(out, cfg, job["init"]).state_dict())
     teacher = job_teacher(out, cfg, job) if job["kd"] else None
@@ -209,7 +259,8 @@ def train_student(out: Path, cfg: BenchConfig, job: Dict) -> Dict:
         s_out = student(wav, wl)
         t_out = teacher(wav, wl) if teacher is not None else None
         mask = None if labelled is None else torch.tensor([i in labelled for i in idx])
-        s, d, stats = kd_objective(kd_loss, s_out, t_out, 1.0 if kd_loss is not None else 0.0, 1.0, y, yl, labelled=mask)
+        s, d, stats = kd_objective(kd_loss, s_out, t_out, 1.0 if kd_loss is not None else 0.0, job.get("ctc_weight", 1.0),
+                                   y, yl, labelled=mask)
         return s / d, stats
 
     steps = cfg.student_steps * job.get("steps_factor", 1)

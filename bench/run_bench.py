@@ -13,9 +13,11 @@ resumes, mid-training included, from partial checkpoints):
 6. ``measure``: one process, one thread: parameters, RTF, streaming latency, training-step cost, LF-MMI vs CTC;
 7. report (always redone from the stage files): ``summary.md``, ``results.json`` and PNG plots.
 
-Usage: ``bench/run.sh [--quick | --smoke] [--out DIR] [--results DIR] [--redo STAGE]`` (``make bench``,
-``make bench-quick``). Defaults: ``--out exp/bench[-quick|-smoke]``; results in ``bench/results`` for the
-full run, ``<out>/results`` otherwise.
+Usage: ``bench/run.sh [--quick | --smoke] [--suite main|methods] [--out DIR] [--results DIR] [--redo STAGE]``
+(``make bench``, ``make bench-quick``, ``make bench-methods``). Defaults: ``--out exp/bench[-quick|-smoke][-methods]``;
+results in ``bench/results`` (``bench/results/methods`` for the methods suite) for the full run, ``<out>/results``
+otherwise. The methods suite (issue 14's methods and the shape presets at 480 ms, same budget as layer KD, with its
+own layer-KD and scratch references) runs on its own data and cache, so either suite fits the 150 min budget.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from kd_core.atomic import atomic_write_text
 
-from .bench_config import BenchConfig, get_config
+from .bench_config import SUITES, BenchConfig, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +42,7 @@ log = logging.getLogger("bench")
 STAGES = ("data", "teacher", "teacher_eval", "cache", "students", "measure")
 #: what each stage leaves in the work dir (removed by ``--redo`` for that stage and every later one)
 STAGE_OUTPUTS = {"data": ["lists"], "teacher": [], "teacher_eval": [],
-                 "cache": ["cache"], "students": [], "measure": []}  # students: see redo()
+                 "cache": ["cache", "cache_codebook"], "students": [], "measure": []}  # students: see redo()
 
 
 def say(msg: str) -> None:
@@ -166,13 +168,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="student trainings in parallel (1 thread each)")
     p.add_argument("--redo", choices=STAGES, help="forget this stage and all later ones, then run")
+    p.add_argument("--suite", choices=SUITES, default="main", help="main: KD vs scratch (chunk sweep, low resource, "
+                   "methods of the main table); methods: HuBERT-disc, front-end KD, SEW and the shape presets at 480 ms")
     a = p.parse_args(argv)
     mode = a.mode or "full"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kd_core.students.model").setLevel(logging.WARNING)  # one line per student built
-    cfg = get_config(mode, seed=a.seed, jobs=a.jobs)
-    out = Path(a.out or f"exp/bench{'' if mode == 'full' else '-' + mode}").resolve()
-    results = Path(a.results).resolve() if a.results else (ROOT / "bench" / "results" if mode == "full" else out / "results")
+    cfg = get_config(mode, seed=a.seed, jobs=a.jobs, suite=a.suite)
+    suffix = ("" if mode == "full" else "-" + mode) + ("" if a.suite == "main" else "-" + a.suite)
+    out = Path(a.out or f"exp/bench{suffix}").resolve()
+    default_results = ROOT / "bench" / "results" / ("" if a.suite == "main" else a.suite)
+    results = Path(a.results).resolve() if a.results else (default_results if mode == "full" else out / "results")
     out.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     for d in ("models", "logs"):
@@ -214,4 +220,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kd_core.errors import KDConfigError
+
+    try:
+        sys.exit(main())
+    except KDConfigError as e:  # bad input (e.g. --fsdd-dir): one line, no traceback
+        sys.exit(f"bench: error: {e}")

@@ -12,14 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDENTS = (["twostage1_full"] + [f"{kind}_{tag}" for tag in ("480ms", "160ms", "full") for kind in ("layer_kd", "scratch")]
             + ["scratch_480ms_x2", "lowres_layer_kd_480ms", "lowres_scratch_480ms", "aux_apc_480ms", "lfmmi_480ms",
                "twostage2_480ms"])
-NOT_BUILT = ["hubert_disc", "frontend_kd", "sew_student", "rnnt_kd"]
+NOT_BUILT = {"hubert_disc": "in the methods suite", "frontend_kd": "in the methods suite", "sew_student": "in the methods suite",
+             "rnnt_kd": "not built yet"}
 STAGES = ["data", "teacher", "teacher_eval", "cache", "students", "measure"]
 
 
-def _run(out: Path) -> str:
+def _run(out: Path, *extra: str) -> str:
     env = dict(os.environ, PYTHON=sys.executable)
-    res = subprocess.run(["bash", str(ROOT / "bench/run.sh"), "--smoke", "--out", str(out)], check=True, capture_output=True,
-                         text=True, env=env, cwd=str(ROOT), timeout=600)
+    res = subprocess.run(["bash", str(ROOT / "bench/run.sh"), "--smoke", "--out", str(out), *extra], check=True,
+                         capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=600)
     return res.stdout
 
 
@@ -38,12 +39,12 @@ def test_bench_smoke_end_to_end_and_resume(tmp_path):
     summary = (out / "results/summary.md").read_text()
     assert "## Results" in stdout and "## Targets" in stdout
     rows = _table_rows(summary, "## Results")
-    assert [r[0] for r in rows] == ["teacher"] + STUDENTS + NOT_BUILT
+    assert [r[0] for r in rows] == ["teacher"] + STUDENTS + list(NOT_BUILT)
     header = next(line for line in summary.split("## Results", 1)[1].splitlines() if line.startswith("|"))
     cols = [c.strip() for c in header.split("|")[1:-1]]
     for r in rows:
         if r[0] in NOT_BUILT:
-            assert "not built yet" in r
+            assert r[3] == NOT_BUILT[r[0]]
             continue
         wer, wer_fsdd = float(r[cols.index("WER synth")]), float(r[cols.index("WER FSDD")])
         assert math.isfinite(wer) and math.isfinite(wer_fsdd) and wer >= 0 and wer_fsdd >= 0
@@ -80,6 +81,31 @@ def test_bench_smoke_end_to_end_and_resume(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "models").glob("*.pt")} == models
     assert {s: (out / "stages" / f"{s}.json").read_text() for s in STAGES} == markers
     assert not list(out.rglob("*.partial.pt")) and not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_bench_methods_suite_smoke(tmp_path):
+    """``--suite methods``: layer KD into every shape preset (SEW included), the HuBERT discriminative loss (targets
+    from the pre-trained teacher's own cache, its codebook from the model) and front-end KD A -> B, next to layer KD
+    and scratch at 480 ms, with the methods table."""
+    from bench.bench_config import PRESET_ROWS
+
+    out = tmp_path / "bench"
+    _run(out, "--suite", "methods")
+    summary = (out / "results/summary.md").read_text()
+    rows = _table_rows(summary, "## Results")
+    presets = [f"layer_kd_480ms_{s}" for s in PRESET_ROWS]
+    assert [r[0] for r in rows] == ["teacher", "scratch_480ms", "layer_kd_480ms"] + presets + [
+        "hubert_disc_480ms", "frontend_a", "frontend_kd_480ms"]
+    params = {r[0]: float(r[4]) for r in rows}
+    assert params["layer_kd_480ms_s12_sew"] > params["layer_kd_480ms_s12_deep"]  # + the learnt upsampling
+    assert params["layer_kd_480ms_s4_wide"] > params["layer_kd_480ms_s8_wide"] > params["layer_kd_480ms_s12_deep"]
+    assert len(_table_rows(summary, "## Methods and shapes at 480 ms")) == len(rows) - 1
+    import torch
+
+    curve = {n: torch.load(out / f"models/{n}.pt", weights_only=False)["train"]["curve"] for n in ("hubert_disc_480ms", "frontend_a")}
+    assert all("kd_disc" in c for c in curve["hubert_disc_480ms"]) and list((out / "cache_codebook").iterdir())
+    assert all("kd_l1_t0s0" in c and "ctc" not in c for c in curve["frontend_a"])  # stage A: teacher layer 0, no ASR loss
 
 
 def test_redo_forgets_a_stage_and_every_later_one(tmp_path, capsys):

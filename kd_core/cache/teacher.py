@@ -61,6 +61,12 @@ class CachedTeacher(Teacher):
         self.freeze()
 
     @torch.no_grad()
+    def codebook(self, option: str = "codebook_teacher_path"):
+        """The HuBERT codebook of the model behind the cache (the targets still come from the cache)."""
+        require(self.teacher is not None, f"{option}: kd_loss hubert_disc reads the teacher model's codebook; a cache in "
+                "read mode has no model: use fill mode (or the online teacher)")
+        return self.teacher.codebook(option)
+
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         """``wav (B, S)`` zero-padded, ``lengths (B,)`` valid samples -> :class:`TeacherOutput` (see class doc)."""
         require(wav.dim() == 2, f"teacher input: expected (B, samples) waveforms, got shape {tuple(wav.shape)}")

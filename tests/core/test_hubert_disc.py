@@ -106,3 +106,18 @@ def test_finer_teacher_probabilities_are_averaged_onto_student_frames():
         p = (p_t[2 * n] + p_t[2 * n + 1]) / 2
         want += float((p * (p.log() - lp_s[n])).sum())
     assert stats["kd_disc"] == pytest.approx(want / 4, rel=1e-4)
+
+
+def test_a_cached_teacher_gives_the_codebook_of_the_model_behind_it(tiny_teachers, tmp_path):
+    """The discriminative loss can read its targets from the teacher-target cache: the codebook then comes from the
+    model behind the cache (fill mode); a cache in read mode, with no model, is refused with one line naming the option."""
+    from kd_core.cache import CachedTeacher, TeacherTargetCache, teacher_fingerprint
+    from kd_core.distiller import teacher_codebook
+
+    path = str(tiny_teachers["fairseq_hubert"])
+    hubert = load_teacher("fairseq", path)
+    cache = TeacherTargetCache(tmp_path, teacher_fingerprint("fairseq", path, hubert), "1,2", "float16", False)
+    own, cached = hubert.codebook("x"), teacher_codebook(CachedTeacher(cache, hubert, mode="fill"), "--teacher_path")()
+    assert torch.equal(cached.codewords, own.codewords) and torch.equal(cached.proj_weight, own.proj_weight)
+    with pytest.raises(KDConfigError, match="--teacher_path: kd_loss hubert_disc reads the teacher model's codebook"):
+        teacher_codebook(CachedTeacher(cache, mode="read"), "--teacher_path")()
