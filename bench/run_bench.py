@@ -106,10 +106,14 @@ def redo(out: Path, cfg: BenchConfig, stage: str) -> None:
 def check_config(out: Path, cfg: BenchConfig, accept: bool = False) -> None:
     """A work dir belongs to one configuration: resuming with another one would mix results (``accept``:
     ``--redo`` was given, the new configuration replaces the old one)."""
+    import dataclasses
+
     path = out / "config.json"
     now = json.loads(json.dumps(cfg.to_dict()))
     if path.exists() and not accept:
-        old = json.loads(path.read_text())
+        # a field added since the run was made counts as its default (the run did what the default does)
+        defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig) if f.default is not dataclasses.MISSING}
+        old = {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())}
         if {k: v for k, v in old.items() if k != "jobs"} != {k: v for k, v in now.items() if k != "jobs"}:
             diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
             sys.exit(f"error: {out} holds a run with another configuration ({', '.join(diff)}); use another --out, "

@@ -184,3 +184,23 @@ def test_kd_throughput_rows_share_their_batches_and_the_cache_holds_every_uttera
     report = (tmp_path / "r.md").read_text()
     assert f"pays for itself after {break_even_epochs(res['build_s'], on, ca):.2f} epochs" in report
     assert json.loads((tmp_path / "r.json").read_text())["fbank/kd_cache"]["audio_s"] == rows[("fbank", "kd_cache")]["audio_s"]
+
+
+def test_a_work_dir_belongs_to_one_configuration(tmp_path):
+    """Resuming with another configuration is refused (results would mix); a field added since the run was made
+    counts as its default, so an older run's work dir still resumes; ``--redo`` accepts the new configuration."""
+    from bench.bench_config import get_config
+    from bench.run_bench import check_config
+
+    cfg = get_config("smoke")
+    check_config(tmp_path, cfg)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["suite"]  # a run made before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    check_config(tmp_path, cfg)
+    with pytest.raises(SystemExit, match="another configuration .*suite"):
+        check_config(tmp_path, get_config("smoke", suite="methods"))
+    with pytest.raises(SystemExit, match="another configuration .*student_steps"):
+        check_config(tmp_path, get_config("quick"))
+    check_config(tmp_path, get_config("quick"), accept=True)
+    assert json.loads((tmp_path / "config.json").read_text())["mode"] == "quick"
