@@ -21,6 +21,7 @@ import torch
 
 from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.data import CharTokenizer, load_audio, load_kaldi_audio, read_kaldi_dir
+from kd_core.errors import require
 from kd_core.students.frontends import valid_conv_length
 
 log = logging.getLogger("bench.data")
@@ -110,7 +111,9 @@ def student_mels(cfg) -> List[int]:
 
 def student_fbank_stats(out: Path, n_mels: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The students' global log-Mel mean/std for ``n_mels`` bins (computed by :func:`prepare_data`)."""
-    st = torch.load(out / "lists/fbank_stats.pt")[n_mels]
+    st = torch.load(out / "lists/fbank_stats.pt")
+    st = st if "mean" in st else st[n_mels]  # a work dir from before per-bin-count stats holds one pair
+    require(st["mean"].numel() == n_mels, f"{out}/lists/fbank_stats.pt: no statistics for {n_mels} Mel bins; --redo data")
     return st["mean"], st["std"]
 
 
