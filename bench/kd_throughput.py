@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import time
@@ -38,7 +39,13 @@ SHAPES = ("wav_cnn", "fbank")
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """Peak resident memory of this process so far (MB). ``VmHWM`` belongs to the process's own address space;
+    ``getrusage``'s ``ru_maxrss`` survives ``exec`` on Linux, so a spawned worker would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024.0
+    except (OSError, StopIteration):  # not Linux: the rusage figure (KiB on Linux, bytes on macOS)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _batches(utts: Sequence[tuple], batch: int) -> List[List[int]]:
@@ -180,7 +187,7 @@ def break_even_epochs(build_s: float, online_s_per_epoch: float, cached_s_per_ep
 def _report(a, teacher, rows, audio_s, build_s, cache_bytes, s3prl) -> str:
     n_t = sum(q.numel() for q in teacher.parameters())
     lines = ["# Layer-KD training throughput: teacher online vs teacher-target cache vs plain step", "",
-             f"teacher `{a.teacher}` (fairseq, {n_t / 1e6:.1f}M, {teacher.num_layers} x {teacher.hidden_size}, batched "
+             f"teacher `{os.path.relpath(a.teacher, ROOT) if a.teacher.startswith(str(ROOT)) else a.teacher}` (fairseq, {n_t / 1e6:.1f}M, {teacher.num_layers} x {teacher.hidden_size}, batched "
              f"with per-utterance statistics, inference mode); {a.utts} synthetic utterances ({audio_s:.0f} s of audio), "
              f"length-sorted batches of {a.batch}, {a.threads} thread(s); layer map `{a.layer_map}`; every row: one timed "
              "pass after two warm-up batches, in its own process", "",
@@ -201,7 +208,7 @@ def _report(a, teacher, rows, audio_s, build_s, cache_bytes, s3prl) -> str:
                      f"after {break_even_epochs(build_s, on, ca):.2f} epochs.")
     lines += ["", "s3prl's distiller: " + ("importable, not run by this script" if s3prl else
               "not installed (PyPI s3prl 0.4.18 has no `s3prl.pretrain`); no s3prl row in this run"), "",
-              f"command: `python -m bench.kd_throughput --teacher {a.teacher} --layer_map {a.layer_map} --utts {a.utts} "
+              f"command: `python -m bench.kd_throughput --teacher {os.path.relpath(a.teacher, ROOT) if a.teacher.startswith(str(ROOT)) else a.teacher} --layer_map {a.layer_map} --utts {a.utts} "
               f"--batch {a.batch} --threads {a.threads} --shapes {','.join(a.shapes)}`"]
     return "\n".join(lines) + "\n"
 
