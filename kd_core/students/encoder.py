@@ -109,7 +109,7 @@ class ChunkedEncoder(nn.Module):
         """Squeezed ``(B, n, D)`` states -> ``(B, n * s, D)``: repeated frames, the last layer's upsampled."""
         out = [h.repeat_interleave(self.squeeze, dim=1) for h in hidden[:-1]]
         last = self.upsample(hidden[-1])
-        return out + [last.reshape(last.size(0), -1, self.d_model)]
+        return out + [last.reshape(last.size(0), last.size(1) * self.squeeze, self.d_model)]
 
     def output_size(self) -> int:
         return self.d_model
