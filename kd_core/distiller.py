@@ -172,10 +172,8 @@ def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: 
     if ctc_weight and targets is not None:
         require(student.logits is not None, "ctc_weight > 0 but the student has no CTC head; set vocab_size")
         c_sum, c_den = ctc_loss_sum(student.logits, student.lengths, targets, target_lengths, labelled)
+        loss = loss + ctc_weight * c_sum / c_den.clamp(min=1)  # no labelled utterance: a 0 sum that keeps the graph
         if c_den > 0:
-            loss = loss + ctc_weight * c_sum / c_den
             stats["ctc"] = (c_sum / c_den).item()
-        else:
-            loss = loss + c_sum  # 0, keeps the graph
     stats["loss"] = loss.item()
     return loss * b, torch.tensor(float(b)), stats
