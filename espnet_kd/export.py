@@ -3,7 +3,8 @@
 ``python -m espnet_kd.export --config exp/asr_kd/config.yaml --model_file exp/asr_kd/valid.loss.ave.pth --out_dir D``
 writes ``D/config.yaml`` + ``D/model.pth``. When the student uses ESPnet's own classes, the config names only
 stock classes (``model: espnet``) and stock ``espnet2.bin.asr_inference`` / ``asr_inference_streaming`` and
-``espnet2.bin.pack asr`` work without this package; students with ``kd_streaming``/``kd_chunked`` decode with
+``espnet2.bin.pack asr`` work without this package; students with ``kd_streaming``/``kd_chunked`` or a transducer
+decoder (``model: espnet_kd`` stays: ESPnet's model class needs ``warprnnt_pytorch``) decode with
 ``espnet2.bin.asr_kd_inference``.
 """
 from __future__ import annotations
@@ -45,10 +46,13 @@ def student_config(config: dict) -> Tuple[dict, bool]:
     """KD training config -> (student config, True if it names only stock ESPnet classes)."""
     options, model_conf = kd_only_options()
     cfg = {k: v for k, v in config.items() if k not in options}
-    if cfg.get("model") in (None, "espnet_kd"):
+    transducer = cfg.get("decoder") == "transducer"  # ESPnet's model would need warprnnt_pytorch: keep ours
+    if cfg.get("model") in (None, "espnet_kd") and not transducer:
         cfg["model"] = "espnet"
     cfg["model_conf"] = {k: v for k, v in (cfg.get("model_conf") or {}).items() if k not in model_conf}
-    stock = all(cfg.get(name) not in ours for name, ours in OUR_CLASSES.items())
+    if transducer:  # still model espnet_kd: a plain model without teacher
+        cfg["model_conf"]["kd_weight"] = 0.0
+    stock = all(cfg.get(name) not in ours for name, ours in OUR_CLASSES.items()) and not transducer
     return cfg, stock
 
 

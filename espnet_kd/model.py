@@ -18,7 +18,7 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from kd_core.distiller import check_weights, global_batch_mean, kd_term_parts
 from kd_core.errors import require
 from kd_core.hooks import capture_layers
-from kd_core.losses.registry import needs_logits
+from kd_core.losses.registry import needs_lattice, needs_logits
 from kd_core.numerics import NonFiniteGuard
 from kd_core.teachers.base import Teacher
 
@@ -55,14 +55,47 @@ class ESPnetASRKDModel(ESPnetASRModel):
     loss's own terms (``kd_l1_t4s2``, ...), so the reporter, tensorboard and plots show them.
     """
 
-    def __init__(self, *args, kd_weight: float = 1.0, asr_weight: float = 1.0, kd_max_nonfinite: int = 20, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, kd_weight: float = 1.0, asr_weight: float = 1.0, kd_max_nonfinite: int = 20,
+                 joint_network: Optional[torch.nn.Module] = None, **kwargs):
+        super().__init__(*args, joint_network=None, **kwargs)
+        if joint_network is not None:
+            self._use_transducer(kwargs["decoder"], joint_network, kwargs.get("sym_space", "<space>"),
+                                 kwargs.get("sym_blank", "<blank>"), kwargs.get("report_cer", True), kwargs.get("report_wer", True))
         check_weights("--model_conf ", kd_weight=kd_weight, asr_weight=asr_weight)
         self.kd_weight, self.asr_weight = float(kd_weight), float(asr_weight)
         self._nonfinite = NonFiniteGuard(kd_max_nonfinite, "--model_conf kd_max_nonfinite")
         self.kd_loss: Optional[torch.nn.Module] = None
         self._teacher: List[Teacher] = []  # a list keeps the teacher out of state_dict/parameters/train()
         self._last_encode: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def _use_transducer(self, decoder, joint_network, sym_space: str, sym_blank: str, report_cer: bool, report_wer: bool) -> None:
+        """ESPnet's transducer branch (``--decoder transducer``: its ``TransducerDecoder`` and ``JointNetwork``, its
+        ``_calc_transducer_loss``) with ``torchaudio.transforms.RNNTLoss`` as the criterion: ESPnetASRModel imports
+        ``warprnnt_pytorch``, which has no PyPI wheel; both take ``(logits, int32 targets, frames, target lengths)``,
+        apply log-softmax themselves and average over utterances."""
+        from espnet2.asr.transducer.error_calculator import ErrorCalculatorTransducer
+        from torchaudio.transforms import RNNTLoss
+
+        self.use_transducer_decoder = True
+        self.decoder, self.joint_network = decoder, joint_network
+        self.criterion_transducer = RNNTLoss(blank=self.blank_id, reduction="mean")
+        self.error_calculator, self.error_calculator_trans = None, None
+        if report_cer or report_wer:
+            self.error_calculator_trans = ErrorCalculatorTransducer(decoder, joint_network, self.token_list, sym_space,
+                                                                    sym_blank, report_cer=report_cer, report_wer=report_wer)
+
+    def lattice(self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, text: torch.Tensor,
+                text_lengths: torch.Tensor):
+        """``(TransducerLattice, targets (B, U), target lengths)`` of this transducer on the reference ``text``
+        (ESPnet's ``get_transducer_task_io``: blank-prefixed decoder input, blank-padded int32 targets)."""
+        from espnet2.asr_transducer.utils import get_transducer_task_io
+
+        from kd_core.losses.rnnt_kd import TransducerLattice
+
+        decoder_in, target, _, u_len = get_transducer_task_io(text, encoder_out_lens, ignore_id=self.ignore_id,
+                                                              blank_id=self.blank_id)
+        self.decoder.set_device(encoder_out.device)
+        return TransducerLattice(self.joint_network, encoder_out, encoder_out_lens, self.decoder(decoder_in)), target, u_len
 
     @property
     def teacher(self) -> Optional[Teacher]:
@@ -116,12 +149,19 @@ class ESPnetASRKDModel(ESPnetASRModel):
         if self.kd_weight > 0:
             require(self.kd_loss is not None and self.teacher is not None, "kd_weight>0 but no teacher is attached; "
                     "set --teacher_type and --teacher_path")
-            hidden = self._student_hidden(got, encoder_out)
             teacher = self.teacher.to(speech.device)
-            with torch.no_grad():
-                t_out = teacher(speech, speech_lengths)
-            logits = self.ctc.ctc_lo(encoder_out) if needs_logits(self.kd_loss) else None
-            kd_sum, kd_den, kd_stats = kd_term_parts(self.kd_loss, t_out, hidden, encoder_out_lens, logits)
+            if needs_lattice(self.kd_loss):  # RNN-T soft targets: teacher and student lattices on the reference
+                require(text is not None, "--kd_loss rnnt: needs transcripts (the lattice is over the reference); "
+                        "pseudo-label unlabelled audio first (python -m kd_core.pseudo_label)")
+                mine, target, u_len = self.lattice(encoder_out, encoder_out_lens, text, text_lengths)
+                theirs = teacher.transducer_lattice(speech, speech_lengths, target, u_len)
+                kd_sum, kd_den, kd_stats = self.kd_loss.lattice_kd(theirs, mine, target, u_len)
+            else:
+                hidden = self._student_hidden(got, encoder_out)
+                with torch.no_grad():
+                    t_out = teacher(speech, speech_lengths)
+                logits = self.ctc.ctc_lo(encoder_out) if needs_logits(self.kd_loss) else None
+                kd_sum, kd_den, kd_stats = kd_term_parts(self.kd_loss, t_out, hidden, encoder_out_lens, logits)
             # training under DDP: the global batch's frame mean (every rank runs every training step; evaluation
             # may run on rank 0 alone, e.g. ESPnet's attention plots, so it keeps the per-rank mean)
             loss_kd = global_batch_mean(kd_sum, kd_den, batch_size) if self.training else kd_sum / kd_den.clamp(min=1)

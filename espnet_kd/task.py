@@ -30,7 +30,7 @@ from kd_core.errors import require
 from kd_core.losses.layerwise import parse_layer_map
 from kd_core.losses.lfmmi_graph import cached_den_graph
 from kd_core.distiller import teacher_codebook
-from kd_core.losses.registry import DERIVED_KD_ARGS, KD_LOSSES, KDContext, build_kd_loss
+from kd_core.losses.registry import DERIVED_KD_ARGS, KD_LOSSES, KDContext, build_kd_loss, needs_lattice
 from kd_core.streaming import measure_frame_shift_ms
 from kd_core.teachers import TEACHER_TYPES, load_teacher
 
@@ -194,16 +194,22 @@ class ASRKDTask(ASRTask):
         if getattr(args, "postencoder", None):
             postencoder = _asr.postencoder_choices.get_class(args.postencoder)(input_size=out_size, **args.postencoder_conf)
             out_size = postencoder.output_size()
-        decoder = None
-        if getattr(args, "decoder", None):
-            require(args.decoder != "transducer", "--decoder transducer: not supported by asr_kd (RNN-T KD is a separate task)")
+        decoder, joint_network = None, None
+        model_class = model_choices.get_class(getattr(args, "model", None) or "espnet")
+        if getattr(args, "decoder", None) == "transducer":  # as ASRTask.build_model builds it
+            from espnet2.asr_transducer.joint_network import JointNetwork
+
+            require(issubclass(model_class, ESPnetASRKDModel), f"--decoder transducer with --model {args.model}: ESPnet's "
+                    "own model needs warprnnt_pytorch (no PyPI wheel); use --model espnet_kd (torchaudio's RNN-T loss)")
+            decoder = _asr.decoder_choices.get_class("transducer")(vocab_size, embed_pad=0, **args.decoder_conf)
+            joint_network = JointNetwork(vocab_size, out_size, decoder.dunits, **(getattr(args, "joint_net_conf", None) or {}))
+        elif getattr(args, "decoder", None):
             decoder = _asr.decoder_choices.get_class(args.decoder)(vocab_size=vocab_size, encoder_output_size=out_size,
                                                                      **args.decoder_conf)
         ctc = CTC(odim=vocab_size, encoder_output_size=out_size, **args.ctc_conf)
-        model_class = model_choices.get_class(getattr(args, "model", None) or "espnet")
         model = model_class(vocab_size=vocab_size, frontend=frontend, specaug=specaug, normalize=normalize,
                             preencoder=preencoder, encoder=encoder, postencoder=postencoder, decoder=decoder, ctc=ctc,
-                            joint_network=None, token_list=token_list, **args.model_conf)
+                            joint_network=joint_network, token_list=token_list, **args.model_conf)
         if getattr(args, "init", None) is not None:
             initialize(model, args.init)
         return model
@@ -249,9 +255,13 @@ class ASRKDTask(ASRTask):
                                                            len(args.token_list), os.path.join(args.output_dir, "den_graph"),
                                                            topology=conf.get("topology", "ctc")),
                         teacher_vocab=teacher.vocab_size, student_vocab=len(args.token_list),
-                        codebook=teacher_codebook(teacher, "--teacher_path"))
+                        codebook=teacher_codebook(teacher, "--teacher_path"),
+                        teacher_transducer=bool(getattr(teacher, "is_transducer", False)),
+                        student_transducer=model.use_transducer_decoder)
         kd_loss = build_kd_loss(args.kd_loss, conf, ctx, option="--kd_loss_conf")
         if getattr(args, "teacher_cache_dir", None):
+            require(not needs_lattice(kd_loss), f"--teacher_cache_dir with --kd_loss {args.kd_loss}: the cache stores hidden "
+                    "states and logits, not transducer lattices; drop --teacher_cache_dir")
             from kd_core.cache import cached_teacher_for_loss
 
             teacher = cached_teacher_for_loss(kd_loss, teacher, args.teacher_type, args.teacher_path, args.teacher_cache_dir,

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import require
-from .losses.registry import KDContext, build_kd_loss, needs_logits
+from .losses.registry import KDContext, build_kd_loss, needs_lattice, needs_logits
 from .students.model import StreamingStudent, StudentOutput
 from .teachers.base import Teacher, TeacherOutput
 
@@ -48,12 +48,14 @@ def kd_context(teacher, student: StreamingStudent, den_graph: Optional[Callable[
     ``den_graph``: called only by losses that take a denominator graph (LF-MMI); ``codebook_option``: the
     option named when a loss needs a HuBERT codebook the teacher lacks.
     """
+    transducer = hasattr(student, "joiner")  # a TransducerStudent: its prediction layer is the joiner
+    vocab = student.vocab_size if transducer else (student.ctc.out_features if student.ctc is not None else None)
     return KDContext(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers,
                      teacher_shift_ms=teacher.frame_shift_ms, student_dim=student.encoder.d_model,
                      student_layers=student.encoder.num_layers, student_shift_ms=student.frame_shift_ms,
-                     encoder=student.encoder, den_graph=den_graph, teacher_vocab=teacher.vocab_size,
-                     student_vocab=student.ctc.out_features if student.ctc is not None else None,
-                     codebook=teacher_codebook(teacher, codebook_option))
+                     encoder=student.encoder, den_graph=den_graph, teacher_vocab=teacher.vocab_size, student_vocab=vocab,
+                     codebook=teacher_codebook(teacher, codebook_option),
+                     teacher_transducer=bool(getattr(teacher, "is_transducer", False)), student_transducer=transducer)
 
 
 def teacher_codebook(teacher, option: str) -> Callable[[], object]:
@@ -79,6 +81,9 @@ class Distiller(nn.Module):
         student: :class:`StreamingStudent`.
         kd_loss: name in :data:`~kd_core.losses.registry.KD_LOSSES` (``layerwise``, ``aux_apc``, ``lfmmi``).
         kd_weight, ctc_weight: weights of the mean KD and mean CTC terms (``kd_weight=0``: no KD loss is built).
+        rnnt_weight: a :class:`~kd_core.students.transducer.TransducerStudent`'s transducer loss (mean per utterance);
+            with ``kd_loss="rnnt"`` and a transducer teacher the KD term is the collapsed-lattice KL
+            (:func:`transducer_objective`).
         den_graph: LF-MMI denominator graph source (``() -> Graph``), e.g. ``lambda: cached_den_graph(seqs, vocab)``.
         context: overrides the :class:`KDContext` derived from ``teacher`` and ``student``.
         **loss_conf: the loss's user options (``layer_map``, ``l1_weight``, ``apc_shift``, ...; defaults from the loss).
@@ -86,9 +91,10 @@ class Distiller(nn.Module):
 
     def __init__(self, teacher: Optional[Teacher], student: StreamingStudent, kd_loss: str = "layerwise",
                  kd_weight: float = 1.0, ctc_weight: float = 0.0, den_graph: Optional[Callable[[], object]] = None,
-                 context: Optional[KDContext] = None, **loss_conf):
+                 context: Optional[KDContext] = None, rnnt_weight: float = 0.0, **loss_conf):
         super().__init__()
-        check_weights("", kd_weight=kd_weight, ctc_weight=ctc_weight)
+        check_weights("", kd_weight=kd_weight, ctc_weight=ctc_weight, rnnt_weight=rnnt_weight)
+        require(rnnt_weight == 0 or hasattr(student, "joiner"), "rnnt_weight>0 but the student is not a TransducerStudent")
         self.teacher = teacher
         require(teacher is None or teacher.sample_rate == student.sample_rate,
                 f"sample rates differ: teacher {getattr(teacher, 'sample_rate', None)} Hz, student {student.sample_rate} Hz; "
@@ -97,7 +103,7 @@ class Distiller(nn.Module):
         require(teacher is not None or context is not None or not kd_weight,
                 "Distiller: no teacher; pass context=KDContext(...) describing the teacher whose targets you will give")
         self.student = student
-        self.kd_weight, self.ctc_weight = kd_weight, ctc_weight
+        self.kd_weight, self.ctc_weight, self.rnnt_weight = kd_weight, ctc_weight, rnnt_weight
         self.kd = None
         if kd_weight:
             self.kd = build_kd_loss(kd_loss, loss_conf, context or kd_context(teacher, student, den_graph), option="loss_conf")
@@ -110,6 +116,16 @@ class Distiller(nn.Module):
                 target_lengths: Optional[torch.Tensor] = None, teacher_out: Optional[TeacherOutput] = None):
         """``wav (B, S)``, ``lengths (B,)``, optional CTC ``targets (B, U)`` -> ``(loss_sum, denom, stats)``."""
         out = self.student(wav, lengths)
+        if hasattr(self.student, "joiner"):
+            lattice = None
+            if self.kd_weight and needs_lattice(self.kd):
+                require(self.teacher is not None and targets is not None, "kd_loss rnnt: needs the teacher and the reference "
+                        "targets (the lattice is over the reference); for unlabelled audio, pseudo-label it first")
+                lattice = self.teacher.transducer_lattice(wav, lengths, targets, target_lengths)
+            elif self.kd_weight:
+                teacher_out = teacher_out or self.teacher(wav, lengths)
+            return transducer_objective(self.kd, self.student, out, lattice, teacher_out, self.kd_weight, self.rnnt_weight,
+                                        self.ctc_weight, targets, target_lengths)
         if self.kd_weight and teacher_out is None:
             require(self.teacher is not None, "no teacher and no precomputed teacher targets given")
             teacher_out = self.teacher(wav, lengths)
@@ -132,6 +148,8 @@ def kd_term_parts(kd_loss: nn.Module, teacher: TeacherOutput, student_hidden: Se
                   student_lengths: torch.Tensor, student_logits: Optional[torch.Tensor] = None,
                   ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
     """:func:`kd_term` before the division: ``(sum, denominator, stats)``."""
+    require(not needs_lattice(kd_loss), "kd_loss rnnt: reads transducer lattices, not hidden states; the student must be a "
+            "transducer (ESPnet --decoder transducer, kd_core TransducerStudent)")
     logits = dict(teacher_logits=teacher.logits, student_logits=student_logits) if needs_logits(kd_loss) else {}
     return kd_loss(teacher.hidden, teacher.lengths, student_hidden, student_lengths, **logits)
 
@@ -175,5 +193,36 @@ def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: 
         loss = loss + ctc_weight * c_sum / c_den.clamp(min=1)  # no labelled utterance: a 0 sum that keeps the graph
         if c_den > 0:
             stats["ctc"] = (c_sum / c_den).item()
+    stats["loss"] = loss.item()
+    return loss * b, torch.tensor(float(b)), stats
+
+
+def transducer_objective(kd_loss: Optional[nn.Module], student, out: StudentOutput, teacher_lattice, teacher: Optional[TeacherOutput],
+                         kd_weight: float, rnnt_weight: float, ctc_weight: float = 0.0,
+                         targets: Optional[torch.Tensor] = None, target_lengths: Optional[torch.Tensor] = None,
+                         ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    """:func:`kd_objective` for a :class:`~kd_core.students.transducer.TransducerStudent`: ``kd_weight * KD +
+    rnnt_weight * transducer loss (mean per utterance) + ctc_weight * CTC``, as ``(mean * B, B, stats)``.
+
+    KD: with ``teacher_lattice`` (a :class:`~kd_core.losses.rnnt_kd.TransducerLattice` of a transducer teacher on
+    ``targets``) the collapsed-lattice KL per valid node; otherwise ``kd_loss`` on hidden states (``teacher``), as for
+    CTC students. Hard targets (pseudo-labels) are just ``targets`` with ``kd_weight = 0``.
+    """
+    from .losses.rnnt_kd import TransducerLattice
+
+    b = out.lengths.numel()
+    total, _, stats = kd_objective(kd_loss if teacher_lattice is None else None, out, teacher, kd_weight if teacher_lattice is None else 0.0,
+                                ctc_weight, targets, target_lengths)
+    loss = total / b
+    if teacher_lattice is not None and kd_weight:
+        mine = TransducerLattice(student.joiner, out.hidden[-1], out.lengths, student.predict(targets))
+        kd_sum, kd_den, kd_stats = kd_loss.lattice_kd(teacher_lattice, mine, targets, target_lengths)
+        kd_mean = kd_sum / kd_den.clamp(min=1)
+        loss = loss + kd_weight * kd_mean
+        stats.update(kd_stats, kd=kd_mean.item())
+    if rnnt_weight and targets is not None:
+        r_sum, r_den, r_stats = student.loss(out.hidden[-1], out.lengths, targets, target_lengths)
+        loss = loss + rnnt_weight * r_sum / r_den
+        stats.update(r_stats)
     stats["loss"] = loss.item()
     return loss * b, torch.tensor(float(b)), stats

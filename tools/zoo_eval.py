@@ -7,36 +7,23 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Mapping
 
-N_SPECIAL = 4  # fairseq Dictionary: <s> (the CTC blank of fairseq's ctc criterion) <pad> </s> <unk>
-
-
-def fairseq_letter_symbols(dict_file: Path) -> List[str]:
-    """Output symbols of a fairseq letter CTC model: 4 specials, then ``dict.ltr.txt`` in file order."""
-    syms = [line.split()[0] for line in Path(dict_file).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return ["<s>", "<pad>", "</s>", "<unk>"] + syms
+from kd_core.pseudo_label import fairseq_letter_symbols  # noqa: F401 - re-exported: tools and tests read it here
 
 
 def letters_to_words(ids: List[int], symbols: List[str]) -> str:
-    """Token ids (blank already removed) -> words; ``|`` is the word boundary, specials are dropped."""
-    return " ".join("".join(symbols[i] for i in ids if i >= N_SPECIAL).replace("|", " ").split())
+    """Token ids (blank already removed) -> words (:func:`kd_core.pseudo_label.ids_to_text`: ``|`` is the word
+    boundary, specials are dropped)."""
+    from kd_core.pseudo_label import ids_to_text
+
+    return ids_to_text(ids, symbols)
 
 
 def decode_ctc_teacher(teacher, symbols: List[str], paths: List[str], batch: int = 8) -> List[str]:
-    """Greedy-CTC transcripts (words) of the audio files ``paths``, batched by length."""
-    import torch
+    """Greedy-CTC transcripts (words) of the audio files ``paths``, batched by length
+    (:func:`kd_core.pseudo_label.decode_audio`, the one decoding loop)."""
+    from kd_core.pseudo_label import decode_audio
 
-    from kd_core.data import greedy_ctc, load_audio, pad_batch
-
-    order = sorted(range(len(paths)), key=lambda i: os.path.getsize(paths[i]))
-    by_index = {}
-    with torch.no_grad():
-        for s in range(0, len(order), batch):
-            idx = order[s:s + batch]
-            wav, lens = pad_batch([load_audio(paths[i]) for i in idx])
-            t = teacher(wav, lens)
-            for i, ids in zip(idx, greedy_ctc(t.logits, t.lengths)):
-                by_index[i] = letters_to_words(ids, symbols)
-    return [by_index[i] for i in range(len(paths))]
+    return [letters_to_words(h.ids, symbols) for h in decode_audio(teacher, paths, batch)]
 
 
 def load_ctc_teacher(checkpoint: Path, dict_dir: Path):

@@ -5,7 +5,8 @@ The trained model is first exported (teacher/KD heads dropped, ``espnet_kd.expor
 of stock ESPnet classes are then decoded by ESPnet's own ``asr_inference`` (beam search, LM, ...).
 Students with the core's streaming front-end/encoder (``kd_streaming``/``kd_chunked``) are decoded
 with greedy CTC, either offline (full forward under the chunk mask) or, with
-``--kd_chunk_streaming true``, chunk by chunk from ``--kd_piece_ms`` waveform pieces; both write
+``--kd_chunk_streaming true``, chunk by chunk from ``--kd_piece_ms`` waveform pieces (transducer students: ESPnet's
+``BeamSearchTransducer`` over that encoder output); both write
 ESPnet's ``<output_dir>/1best_recog/{text,token,token_int,score}``.
 """
 import argparse
@@ -60,7 +61,8 @@ def streaming_encoder_output(model, speech, piece: int):
 
 
 def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path) -> None:
-    """Greedy CTC decoding of a student with the core's front-end/encoder, offline or chunk by chunk."""
+    """Greedy CTC decoding of a student with the core's front-end/encoder, offline or chunk by chunk; transducer
+    students: ESPnet's ``BeamSearchTransducer`` (``--beam_size``) over the same encoder output."""
     import torch
     from espnet2.fileio.datadir_writer import DatadirWriter
     from espnet2.text.build_tokenizer import build_tokenizer
@@ -78,6 +80,10 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
     converter = TokenIDConverter(token_list=model.token_list)
     if args.kd_chunk_streaming:
         check_streamable(model, "--kd_chunk_streaming true")
+    if model.use_transducer_decoder:
+        from espnet2.asr.transducer.beam_search_transducer import BeamSearchTransducer
+
+        search = BeamSearchTransducer(model.decoder, model.joint_network, beam_size=max(1, args.beam_size), nbest=1)
     loader = ASRKDTask.build_streaming_iterator(
         args.data_path_and_name_and_type, dtype=args.dtype, batch_size=1, key_file=args.key_file,
         num_workers=args.num_workers, preprocess_fn=ASRKDTask.build_preprocess_fn(train_args, False),
@@ -93,13 +99,18 @@ def decode_core_student(args: argparse.Namespace, config: Path, model_file: Path
             else:
                 enc, _ = model.encode(speech, batch["speech_lengths"])
                 enc = enc[0] if isinstance(enc, tuple) else enc
-            logp = model.ctc.log_softmax(enc)
-            token_int = greedy_ctc(logp, torch.tensor([logp.size(1)]))[0]
+            if model.use_transducer_decoder:  # ESPnet's own transducer search (beam 1: greedy)
+                best = search(enc[0])[0]
+                token_int, score = [int(t) for t in best.yseq[1:]], float(best.score)
+            else:
+                logp = model.ctc.log_softmax(enc)
+                token_int = greedy_ctc(logp, torch.tensor([logp.size(1)]))[0]
+                score = float(logp.max(-1).values.sum())
             tokens = converter.ids2tokens(token_int)
             w = writer["1best_recog"]
             w["token"][keys[0]] = " ".join(tokens)
             w["token_int"][keys[0]] = " ".join(map(str, token_int))
-            w["score"][keys[0]] = str(float(logp.max(-1).values.sum()))
+            w["score"][keys[0]] = str(score)
             w["text"][keys[0]] = tokenizer.tokens2text(tokens) if tokenizer is not None else " ".join(tokens)
 
 

@@ -18,10 +18,11 @@ from .aux_apc import AuxAPCKDLoss
 from .hubert_disc import HubertDiscKDLoss
 from .layerwise import LayerwiseKDLoss
 from .lfmmi import LFMMIKDLoss
+from .rnnt_kd import CollapsedRNNTKDLoss
 
 #: ``--kd_loss`` names (ESPnet) / the loss behind each fairseq KD criterion.
 KD_LOSSES: Dict[str, type] = {"layerwise": LayerwiseKDLoss, "aux_apc": AuxAPCKDLoss, "lfmmi": LFMMIKDLoss,
-                               "hubert_disc": HubertDiscKDLoss}
+                               "hubert_disc": HubertDiscKDLoss, "rnnt": CollapsedRNNTKDLoss}
 
 #: Loss arguments derived from the teacher and the student (never in a user config).
 DERIVED_KD_ARGS = ("teacher_dim", "student_dim", "teacher_layers", "student_layers", "teacher_shift_ms",
@@ -35,7 +36,8 @@ class KDContext:
     ``encoder``: the student's :class:`~kd_core.students.encoder.ChunkedEncoder` (``None`` when the
     student is another encoder); ``den_graph``: called only by losses that take a denominator graph;
     ``teacher_vocab``/``student_vocab``: prediction-layer sizes (``None``: no CTC head); ``codebook``: called
-    only by losses that take the teacher's HuBERT codebook (:meth:`~kd_core.teachers.base.Teacher.codebook`).
+    only by losses that take the teacher's HuBERT codebook (:meth:`~kd_core.teachers.base.Teacher.codebook`);
+    ``teacher_transducer``/``student_transducer``: both have a prediction network and joiner (RNN-T soft targets).
     """
 
     teacher_dim: int
@@ -49,6 +51,8 @@ class KDContext:
     teacher_vocab: Optional[int] = None
     student_vocab: Optional[int] = None
     codebook: Optional[Callable[[], object]] = None
+    teacher_transducer: bool = False
+    student_transducer: bool = False
 
 
 def user_options(loss_class: type) -> Dict[str, inspect.Parameter]:
@@ -66,6 +70,11 @@ def teacher_layers_used(loss: nn.Module) -> List[int]:
 def needs_logits(loss: nn.Module) -> bool:
     """Whether ``loss`` also takes ``teacher_logits``/``student_logits`` (prediction-layer KD)."""
     return bool(getattr(loss, "needs_logits", False))
+
+
+def needs_lattice(loss) -> bool:
+    """Whether ``loss`` (a built loss or its class) reads transducer lattices (RNN-T soft targets) instead of hidden states."""
+    return bool(getattr(loss, "needs_lattice", False))
 
 
 def build_kd_loss(name: str, conf: Mapping, ctx: KDContext, option: str = "kd_loss_conf") -> nn.Module:
@@ -98,6 +107,14 @@ def build_kd_loss(name: str, conf: Mapping, ctx: KDContext, option: str = "kd_lo
                 f"{ctx.student_vocab}; use a CTC teacher trained on the same token list")
         require(ctx.den_graph is not None, f"kd_loss {name}: no denominator graph source (training transcripts) given")
         derived["den_graph"] = ctx.den_graph()
+    if needs_lattice(cls):
+        require(ctx.teacher_transducer, f"kd_loss {name}: soft RNN-T targets need a transducer teacher (an ESPnet model "
+                "trained with --decoder transducer, or a kd_core TransducerStudent); a CTC teacher teaches a transducer "
+                "student through hard targets (python -m kd_core.pseudo_label)")
+        require(ctx.student_transducer, f"kd_loss {name}: the student has no transducer decoder; use --decoder "
+                "transducer (ESPnet) or a kd_core TransducerStudent")
+        require(ctx.teacher_vocab == ctx.student_vocab, f"kd_loss {name}: vocabulary mismatch: the teacher's joiner has "
+                f"{ctx.teacher_vocab} outputs, the student's {ctx.student_vocab}; soft targets need the same token list")
     if "codebook" in params:
         require(ctx.codebook is not None, f"kd_loss {name}: needs the teacher's HuBERT codebook; use a pre-trained "
                 "fairseq HuBERT checkpoint as the teacher")
@@ -105,4 +122,5 @@ def build_kd_loss(name: str, conf: Mapping, ctx: KDContext, option: str = "kd_lo
     return cls(**{k: v for k, v in derived.items() if k in params}, **conf)
 
 
-__all__ = ["KD_LOSSES", "DERIVED_KD_ARGS", "KDContext", "build_kd_loss", "needs_logits", "teacher_layers_used", "user_options"]
+__all__ = ["KD_LOSSES", "DERIVED_KD_ARGS", "KDContext", "build_kd_loss", "needs_lattice", "needs_logits",
+           "teacher_layers_used", "user_options"]

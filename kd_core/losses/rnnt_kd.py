@@ -15,9 +15,15 @@ the log-softmax normaliser (a logsumexp over ``V``) and two gathers (the next to
 kept, so the collapsed probabilities cost ``O(B * T * U)`` and the peak extra memory ``O(B * t_chunk * U * V)``;
 the full-vocabulary KL (``full_vocab=True``, for small ``V``) instead keeps whole distributions per chunk.
 Losses return ``(sum, denominator = number of valid nodes, stats)`` like every loss of the core.
+
+Unlike the hidden-state losses, this one reads lattices (:class:`TransducerLattice`): the teacher's comes from
+:meth:`~kd_core.teachers.base.Teacher.transducer_lattice` (a transducer teacher: an ESPnet model with
+``--decoder transducer`` or a core :class:`~kd_core.students.transducer.TransducerStudent`; CTC teachers are
+refused there with one line, they teach transducer students through hard targets, :mod:`kd_core.pseudo_label`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -26,6 +32,17 @@ from ..errors import require
 
 Joint = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``joint(enc (B, t, 1, H), pred (B, 1, U+1, H)) -> logits (B, t, U+1, V)``."""
+
+
+@dataclass
+class TransducerLattice:
+    """What the collapsed KL reads of one model on one batch: its ``joint`` (:data:`Joint`), encoder output
+    ``enc (B, T, H)`` with ``lengths (B,)``, and prediction-network output ``pred (B, U + 1, H')`` on the reference."""
+
+    joint: Joint
+    enc: torch.Tensor
+    lengths: torch.Tensor
+    pred: torch.Tensor
 
 
 def node_mask(enc_lengths: torch.Tensor, target_lengths: torch.Tensor, t_max: int, u_max: int) -> torch.Tensor:
@@ -87,6 +104,8 @@ class CollapsedRNNTKDLoss(torch.nn.Module):
         ``target_lengths (B,)`` -> ``(sum, denominator, stats)``. The teacher side runs without gradient.
     """
 
+    needs_lattice = True  # the callers pass TransducerLattice pairs (:meth:`lattice_kd`), not hidden states
+
     def __init__(self, blank: int = 0, t_chunk: int = 16, full_vocab: bool = False):
         super().__init__()
         self.blank, self.t_chunk, self.full_vocab = int(blank), int(t_chunk), bool(full_vocab)
@@ -122,3 +141,13 @@ class CollapsedRNNTKDLoss(torch.nn.Module):
         total = kl.masked_fill(~mask, 0.0).sum()
         den = mask.sum().to(total.dtype)
         return total, den, {"rnnt_kl": float(total.detach() / den.clamp(min=1))}
+
+    def lattice_kd(self, teacher: TransducerLattice, student: TransducerLattice, targets: torch.Tensor,
+                   target_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+        """:meth:`forward` on two :class:`TransducerLattice` (same frames: the teacher's valid lengths must be the
+        student's, else one line)."""
+        require(torch.equal(teacher.lengths.cpu(), student.lengths.cpu()),
+                f"rnnt kd: teacher frames {teacher.lengths.tolist()} != student frames {student.lengths.tolist()}; "
+                "teacher and student transducers need the same frame rate (encoder subsampling)")
+        return self(teacher.joint, teacher.enc, teacher.pred, student.joint, student.enc, student.pred, targets,
+                    student.lengths, target_lengths)

@@ -57,6 +57,9 @@ class Teacher(nn.Module):
     sample_rate: int = 16000
     padding_sensitive: bool = True
     compute_dtype: torch.dtype = torch.float32
+    #: a transducer (prediction network + joiner; ``vocab_size`` is then the joiner's): soft RNN-T targets
+    is_transducer: bool = False
+    blank_id: int = 0
 
     def set_compute_dtype(self, name: str, option: str = "compute_dtype") -> "Teacher":
         """Compute targets under ``torch.autocast`` in ``name`` (``float32``, ``bfloat16``, ``float16``): matrix
@@ -105,6 +108,46 @@ class Teacher(nn.Module):
         discriminative loss scores against; teachers without one raise a one-line error naming ``option``."""
         raise KDConfigError(f"{option}: a {type(self).__name__} has no HuBERT codebook; the HuBERT discriminative loss "
                             f"needs a pre-trained fairseq HuBERT checkpoint (with final_proj and label_embs_concat) there")
+
+    def _transducer_encode(self, wav: torch.Tensor, lengths: torch.Tensor):
+        """Transducer teachers: ``(enc (B, T, H), lengths (B,))``, the encoder output the joiner reads."""
+        raise KDConfigError(f"a {type(self).__name__} is not a transducer: soft RNN-T targets (kd_loss rnnt) need a "
+                            "transducer teacher; a CTC teacher teaches through hard targets (python -m kd_core.pseudo_label)")
+
+    def _transducer_predict(self, targets: torch.Tensor) -> torch.Tensor:
+        """Transducer teachers: ``targets (B, U)`` -> prediction-network output ``(B, U + 1, H')``."""
+        raise NotImplementedError
+
+    def _transducer_joint(self) -> nn.Module:
+        raise NotImplementedError
+
+    def transducer_encode(self, wav: torch.Tensor, lengths: torch.Tensor):
+        """Transducer teachers: ``(enc (B, T, H), lengths (B,))`` without gradient, float32, utterance by utterance
+        when :attr:`padding_sensitive`."""
+        require(wav.dim() == 2, f"teacher input: expected (B, samples) waveforms, got shape {tuple(wav.shape)}")
+        with torch.no_grad():
+            if not self.padding_sensitive or wav.size(0) == 1:
+                enc, enc_lengths = self._transducer_encode(wav, lengths)
+            else:
+                outs = [self._transducer_encode(wav[i:i + 1, :int(lengths[i])], lengths[i:i + 1]) for i in range(wav.size(0))]
+                enc = nn.utils.rnn.pad_sequence([e[0, :int(n[0])] for e, n in outs], batch_first=True)
+                enc_lengths = torch.cat([n for _, n in outs])
+        return enc.float(), enc_lengths
+
+    def transducer_predict(self, targets: torch.Tensor) -> torch.Tensor:
+        """Transducer teachers: prediction-network output ``(B, U + 1, H')`` after the start symbol and each token of
+        ``targets (B, U)``, without gradient (prediction networks are causal over tokens: padding is harmless)."""
+        with torch.no_grad():
+            return self._transducer_predict(targets).float()
+
+    def transducer_lattice(self, wav: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                           target_lengths: torch.Tensor):
+        """The teacher's :class:`~kd_core.losses.rnnt_kd.TransducerLattice` on the reference ``targets (B, U)``
+        (padding any value past ``target_lengths``): :meth:`transducer_encode` + :meth:`transducer_predict`."""
+        from ..losses.rnnt_kd import TransducerLattice
+
+        enc, enc_lengths = self.transducer_encode(wav, lengths)
+        return TransducerLattice(self._transducer_joint(), enc, enc_lengths, self.transducer_predict(targets))
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         """Compute targets under ``torch.inference_mode()`` (and autocast to :attr:`compute_dtype`).

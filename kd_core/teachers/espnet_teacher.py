@@ -53,6 +53,11 @@ class EspnetTeacher(Teacher):
         self.hidden_size = model.encoder.output_size()
         self.ctc_lo = model.ctc.ctc_lo if getattr(model, "ctc", None) is not None else None
         self.vocab_size = None if self.ctc_lo is None else self.ctc_lo.out_features
+        # a transducer (--decoder transducer, e.g. trained with asr_kd): soft RNN-T targets through its own decoder + joint
+        self.is_transducer = bool(getattr(model, "use_transducer_decoder", False))
+        self.blank_id = int(getattr(model, "blank_id", 0))
+        if self.is_transducer:
+            self.vocab_size = model.joint_network.lin_out.out_features
         stft = getattr(model.frontend, "stft", None)  # a centred STFT reflect-pads n_fft // 2 samples each side
         self.min_samples = stft.n_fft // 2 + 1 if getattr(stft, "center", False) else 1
         self.freeze()
@@ -83,6 +88,23 @@ class EspnetTeacher(Teacher):
         enc = first_tensor(enc)  # (out, intermediate CTC outputs) with interctc
         logits = self.ctc_lo(enc) if self.ctc_lo is not None else None
         return TeacherOutput(hidden=captured, lengths=enc_len, logits=logits, frame_shift_ms=getattr(self, "frame_shift_ms", 0.0))
+
+
+    def _transducer_encode(self, wav: torch.Tensor, lengths: torch.Tensor):
+        if not self.is_transducer:
+            return super()._transducer_encode(wav, lengths)
+        enc, enc_len = self.model.encode(wav, lengths)
+        return first_tensor(enc), enc_len
+
+    def _transducer_predict(self, targets: torch.Tensor) -> torch.Tensor:
+        """ESPnet's decoder input: blank (the start symbol) then the targets (blank-padded, as ``get_transducer_task_io``)."""
+        blank = self.model.blank_id
+        decoder_in = torch.cat([targets.new_full((targets.size(0), 1), blank), targets.long()], dim=1)
+        self.model.decoder.set_device(targets.device)
+        return self.model.decoder(decoder_in)
+
+    def _transducer_joint(self):
+        return self.model.joint_network
 
 
 def _unpack(model: str, cachedir: Optional[str]) -> dict:

@@ -12,7 +12,8 @@ from .base import Teacher, TeacherOutput
 
 
 class StudentTeacher(Teacher):
-    """Frozen :class:`~kd_core.students.model.StreamingStudent`.
+    """Frozen :class:`~kd_core.students.model.StreamingStudent` or
+    :class:`~kd_core.students.transducer.TransducerStudent` (then a transducer teacher: soft RNN-T targets).
 
     ``hidden``: the student's ``num_layers + 1`` states ``(B, T, d_model)``; ``logits``: its CTC
     head ``(B, T, V)`` or ``None``; frame shift: the front-end's stride (40 ms by default).
@@ -26,6 +27,9 @@ class StudentTeacher(Teacher):
         self.num_layers = student.encoder.num_layers
         self.hidden_size = student.encoder.d_model
         self.vocab_size = student.ctc.out_features if student.ctc is not None else None
+        self.is_transducer = hasattr(student, "joiner")
+        if self.is_transducer:
+            self.vocab_size, self.blank_id = student.vocab_size, student.blank
         self.frame_shift_ms = student.frame_shift_ms
         self.sample_rate = student.sample_rate
         self.freeze()
@@ -34,3 +38,15 @@ class StudentTeacher(Teacher):
         """``wav (B, S)``, ``lengths (B,)`` -> hidden ``num_layers + 1 x (B, T, D)``, logits ``(B, T, V)``."""
         out = self.student(wav, lengths)
         return TeacherOutput(hidden=out.hidden, lengths=out.lengths, logits=out.logits, frame_shift_ms=self.frame_shift_ms)
+
+    def _transducer_encode(self, wav: torch.Tensor, lengths: torch.Tensor):
+        if not self.is_transducer:
+            return super()._transducer_encode(wav, lengths)
+        out = self.student(wav, lengths)
+        return out.hidden[-1], out.lengths
+
+    def _transducer_predict(self, targets: torch.Tensor) -> torch.Tensor:
+        return self.student.predict(targets)
+
+    def _transducer_joint(self):
+        return self.student.joiner

@@ -1,5 +1,6 @@
 """Collapsed-lattice RNN-T KD: equals a per-node brute force on full joint outputs, zero iff the student is the
 teacher, padding- and chunking-invariant, gradient to the student only; the full-vocabulary option likewise."""
+import copy
 import math
 
 import pytest
@@ -88,3 +89,61 @@ def test_mismatched_lattices_are_one_line():
     enc, pred, targets, tl, ul = _lattice(0)
     with pytest.raises(KDConfigError, match="match frame rates and token lists"):
         CollapsedRNNTKDLoss(BLANK)(Joint(1), enc, pred, Joint(2), enc[:, :-1], pred, targets, tl, ul)
+
+
+def _transducers(vocab_t=V, vocab_s=V):
+    from kd_core.students.transducer import TransducerStudent
+
+    conf = dict(frontend="fbank", frontend_conf=dict(n_mels=40, channels=8), d_model=32, num_layers=2, num_heads=4,
+                ffn_dim=64, conv_kernel=5, dropout=0.0)
+    torch.manual_seed(0)
+    teacher = TransducerStudent(vocab_t, chunk_size=0, **conf)  # non-streaming teacher
+    student = TransducerStudent(vocab_s, chunk_size=3, **conf)
+    return teacher, student
+
+
+def _batch():
+    g = torch.Generator().manual_seed(7)
+    wav, lens = 0.1 * torch.randn(2, 8000, generator=g), torch.tensor([8000, 5000])
+    y, yl = torch.randint(1, V, (2, 4), generator=g), torch.tensor([4, 2])
+    return wav, lens, y, yl
+
+
+def test_distiller_soft_targets_between_transducers():
+    """Distiller(kd_loss="rnnt") between a non-streaming transducer teacher and a streaming transducer student: its KD
+    term is the collapsed KL of the two lattices, its transducer term the student's own loss, and a student identical
+    to its teacher has zero KD."""
+    from kd_core.distiller import Distiller
+    from kd_core.teachers.student_teacher import StudentTeacher
+
+    teacher, student = _transducers()
+    wav, lens, y, yl = _batch()
+    dist = Distiller(StudentTeacher(teacher), student, kd_loss="rnnt", rnnt_weight=0.5, kd_weight=1.0)
+    total, den, stats = dist(wav, lens, y, yl)
+    with torch.no_grad():
+        t_out, s_out = teacher(wav, lens), student(wav, lens)
+        kl, nodes, _ = CollapsedRNNTKDLoss(0)(teacher.joiner, t_out.hidden[-1], teacher.predict(y), student.joiner,
+                                              s_out.hidden[-1], student.predict(y), y, s_out.lengths, yl)
+        r_sum, r_den, _ = student.loss(s_out.hidden[-1], s_out.lengths, y, yl)
+    assert stats["kd"] == pytest.approx(float(kl / nodes), rel=1e-5) and stats["rnnt"] == pytest.approx(float(r_sum / r_den), rel=1e-5)
+    assert int(den) == 2 and float(total / den) == pytest.approx(float(kl / nodes + 0.5 * r_sum / r_den), rel=1e-5)
+    total.backward()
+    assert student.joiner.out.weight.grad.abs().sum() > 0 and teacher.joiner.out.weight.grad is None
+    twin = copy.deepcopy(teacher)
+    assert Distiller(StudentTeacher(teacher), twin, kd_loss="rnnt")(wav, lens, y, yl)[2]["kd"] < 1e-6
+
+
+def test_rnnt_kd_refuses_a_ctc_teacher_a_ctc_student_and_another_vocabulary():
+    from kd_core.distiller import Distiller
+    from kd_core.students.model import student_tiny
+    from kd_core.teachers.student_teacher import StudentTeacher
+
+    teacher, student = _transducers()
+    ctc = StudentTeacher(student_tiny(num_layers=2, chunk_size=0, vocab_size=V))
+    with pytest.raises(KDConfigError, match="need a transducer teacher.*hard targets"):
+        Distiller(ctc, student, kd_loss="rnnt")
+    with pytest.raises(KDConfigError, match="student has no transducer decoder"):
+        Distiller(StudentTeacher(teacher), student_tiny(num_layers=2, chunk_size=3, vocab_size=V), kd_loss="rnnt")
+    other = _transducers(vocab_s=V + 2)[1]
+    with pytest.raises(KDConfigError, match="vocabulary mismatch.*7 outputs.*9"):
+        Distiller(StudentTeacher(teacher), other, kd_loss="rnnt")
