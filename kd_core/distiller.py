@@ -200,9 +200,11 @@ def kd_objective(kd_loss: Optional[nn.Module], student: StudentOutput, teacher: 
 def transducer_objective(kd_loss: Optional[nn.Module], student, out: StudentOutput, teacher_lattice, teacher: Optional[TeacherOutput],
                          kd_weight: float, rnnt_weight: float, ctc_weight: float = 0.0,
                          targets: Optional[torch.Tensor] = None, target_lengths: Optional[torch.Tensor] = None,
-                         ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+                         labelled: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
     """:func:`kd_objective` for a :class:`~kd_core.students.transducer.TransducerStudent`: ``kd_weight * KD +
-    rnnt_weight * transducer loss (mean per utterance) + ctc_weight * CTC``, as ``(mean * B, B, stats)``.
+    rnnt_weight * transducer loss (mean per utterance) + ctc_weight * CTC``, as ``(mean * B, B, stats)``; the
+    transducer and CTC terms read only the ``labelled (B,)`` utterances when that mask is given (the others'
+    ``targets`` are then a teacher's 1-best: the reference of their soft-target lattice).
 
     KD: with ``teacher_lattice`` (a :class:`~kd_core.losses.rnnt_kd.TransducerLattice` of a transducer teacher on
     ``targets``) the collapsed-lattice KL per valid node; otherwise ``kd_loss`` on hidden states (``teacher``), as for
@@ -212,7 +214,7 @@ def transducer_objective(kd_loss: Optional[nn.Module], student, out: StudentOutp
 
     b = out.lengths.numel()
     total, _, stats = kd_objective(kd_loss if teacher_lattice is None else None, out, teacher, kd_weight if teacher_lattice is None else 0.0,
-                                ctc_weight, targets, target_lengths)
+                                   ctc_weight, targets, target_lengths, labelled)
     loss = total / b
     if teacher_lattice is not None and kd_weight:
         mine = TransducerLattice(student.joiner, out.hidden[-1], out.lengths, student.predict(targets))
@@ -220,8 +222,9 @@ def transducer_objective(kd_loss: Optional[nn.Module], student, out: StudentOutp
         kd_mean = kd_sum / kd_den.clamp(min=1)
         loss = loss + kd_weight * kd_mean
         stats.update(kd_stats, kd=kd_mean.item())
-    if rnnt_weight and targets is not None:
-        r_sum, r_den, r_stats = student.loss(out.hidden[-1], out.lengths, targets, target_lengths)
+    rows = torch.ones(b, dtype=torch.bool) if labelled is None else labelled.cpu()
+    if rnnt_weight and targets is not None and bool(rows.any()):
+        r_sum, r_den, r_stats = student.loss(out.hidden[-1][rows], out.lengths[rows], targets[rows], target_lengths[rows])
         loss = loss + rnnt_weight * r_sum / r_den
         stats.update(r_stats)
     stats["loss"] = loss.item()

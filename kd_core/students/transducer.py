@@ -74,6 +74,8 @@ def rnnt_loss_sum(joint: nn.Module, enc: torch.Tensor, enc_lengths: torch.Tensor
     2.9's has no FastEmit option)."""
     from torchaudio.functional import rnnt_loss
 
+    t, u = int(enc_lengths.max()), int(target_lengths.max())  # torchaudio wants the padding trimmed to the longest
+    enc, pred, targets = enc[:, :t], pred[:, :u + 1], targets[:, :u]
     logits = joint(enc[:, :, None], pred[:, None]).float()
     loss = rnnt_loss(logits, targets.int(), enc_lengths.int(), target_lengths.int(), blank=blank, reduction="sum")
     den = torch.tensor(float(enc.size(0)))
@@ -134,8 +136,21 @@ class TransducerStudent(nn.Module):
     def frame_shift_ms(self) -> float:
         return self.body.frame_shift_ms
 
+    @property
+    def frontend_lookahead_ms(self) -> float:
+        return self.body.frontend_lookahead_ms
+
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor, chunk_size: Optional[int] = None) -> StudentOutput:
         return self.body(wav, lengths, chunk_size)
+
+    @torch.no_grad()
+    def stream(self, pieces, max_symbols: int = 3) -> GreedyState:
+        """Decode a waveform given as successive ``(1, n)`` pieces of any size: encoder chunk by chunk, greedy search
+        carried across chunks; the hypothesis equals :meth:`greedy` on the full forward."""
+        state = self.greedy_state(1)
+        for hidden in self.body_stream_steps(pieces):
+            state = self.greedy(hidden[-1], state=state, max_symbols=max_symbols)
+        return state
 
     def body_stream_steps(self, pieces):
         """:func:`~kd_core.students.model.stream_steps` of the front-end + encoder: per waveform piece, the hidden

@@ -49,6 +49,9 @@ def test_loss_equals_brute_force_forward_algorithm_and_ignores_padding():
         logits = m.joiner(enc[b:b + 1, :tl[b], None], pred[:, None])[0]
         ref += float(_brute_rnnt(logits, targets[b, :ul[b]].tolist()))
     assert int(den) == 3 and total.item() == pytest.approx(ref, rel=1e-4)
+    # extra padding (frames and tokens past every utterance's end) changes nothing
+    padded = m.loss(torch.cat([enc, torch.randn(3, 2, 32, generator=g)], 1), tl, torch.cat([targets, targets[:, :1]], 1), ul)
+    assert padded[0].item() == pytest.approx(total.item(), rel=1e-6)
     assert stats["rnnt"] == pytest.approx(ref / 3, rel=1e-4)
     total.backward()  # gradient reaches every part
     assert all(p.grad is not None for p in (m.joiner.out.weight, m.predictor.embed.weight))
@@ -86,10 +89,7 @@ def test_streaming_greedy_equals_offline_and_batched_equals_alone():
         one = m(wav[b:b + 1, :lengths[b]], lengths[b:b + 1])
         alone = m.greedy(one.hidden[-1]).hyps[0]
         assert alone == batched[b]
-        state = m.greedy_state(1)
-        for step in m.body_stream_steps(wav[b:b + 1, :lengths[b]].split(1234, dim=1)):
-            state = m.greedy(step[-1], state=state)
-        assert state.hyps[0] == alone
+        assert m.stream(wav[b:b + 1, :lengths[b]].split(1234, dim=1)).hyps[0] == alone
 
 
 def test_streaming_encoder_output_matches_full_forward():
