@@ -102,6 +102,17 @@ def check_resumable(args: argparse.Namespace) -> None:
                 f"ESPnet was writing it); delete it to restart training, the epoch snapshots (*epoch.pth) are intact")
 
 
+def loader_conf(teacher_type: str, teacher_conf: Dict[str, Any]) -> Dict[str, Any]:
+    """``--teacher_conf`` -> ``load_teacher`` options: ``task=asr_kd`` (an ESPnet teacher trained with this task: a
+    two-stage stage-1 student, a transducer) becomes the task class that builds it."""
+    conf = dict(teacher_conf)
+    if conf.get("task") is not None:
+        require(teacher_type == "espnet" and conf["task"] in ("asr", "asr_kd"),
+                f"--teacher_conf task={conf['task']}: use asr or asr_kd, with --teacher_type espnet")
+        conf["task_class"] = ASRKDTask if conf.pop("task") == "asr_kd" else ASRTask
+    return conf
+
+
 class ASRKDTask(ASRTask):
     """ESPnet ASR task with knowledge distillation from a frozen teacher."""
 
@@ -231,11 +242,7 @@ class ASRKDTask(ASRTask):
         require(args.teacher_type is not None and args.teacher_path is not None,
                 "--teacher_type and --teacher_path are required when model_conf.kd_weight > 0")
         require(getattr(args, "kd_loss", None) is not None, "--kd_loss: choose a KD loss (e.g. layerwise) or set model_conf.kd_weight=0")
-        teacher_conf = dict(args.teacher_conf)
-        if teacher_conf.get("task") is not None:  # an ESPnet teacher trained with this task (two-stage KD)
-            require(args.teacher_type == "espnet" and teacher_conf["task"] in ("asr", "asr_kd"),
-                    f"--teacher_conf task={teacher_conf['task']}: use asr or asr_kd, with --teacher_type espnet")
-            teacher_conf["task_class"] = cls if teacher_conf.pop("task") == "asr_kd" else ASRTask
+        teacher_conf = loader_conf(args.teacher_type, args.teacher_conf)
         teacher = load_teacher(args.teacher_type, args.teacher_path, **teacher_conf)
         fs = getattr(model.frontend, "fs", None) or int(args.frontend_conf.get("fs", 16000))
         require(teacher.sample_rate == fs, f"--frontend_conf fs={fs}, but the teacher expects {teacher.sample_rate} Hz; "

@@ -163,7 +163,9 @@ def teacher_symbols(teacher, dict_dir: Optional[str] = None, token_list: Optiona
     return list(own)
 
 
-def main(argv=None) -> None:
+def main(argv=None, loader_conf=None) -> None:
+    """The CLI (module doc); ``loader_conf(teacher_type, conf) -> conf`` lets a toolkit adapter resolve its own
+    ``--teacher_conf`` keys (``espnet_kd.pseudo_label``: ``task=asr_kd``)."""
     import argparse
     import sys
 
@@ -185,8 +187,9 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s pseudo_label %(message)s")
     torch.set_num_threads(a.threads)
     try:
+        require(all("=" in kv for kv in a.teacher_conf), f"--teacher_conf {a.teacher_conf}: use key=value")
         conf = dict(kv.split("=", 1) for kv in a.teacher_conf)
-        teacher = load_teacher(a.teacher_type, a.teacher_path, **conf)
+        teacher = load_teacher(a.teacher_type, a.teacher_path, **(loader_conf(a.teacher_type, conf) if loader_conf else conf))
         symbols = teacher_symbols(teacher, a.dict_dir, a.token_list)
         write_pseudo_labelled_dir(a.data_dir, a.out_dir, teacher, symbols, a.min_confidence, a.batch)
     except KDConfigError as e:

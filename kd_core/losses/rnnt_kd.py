@@ -12,8 +12,11 @@ and the loss is ``sum over valid nodes of KL(P~_teacher(t, u) || P~_student(t, u
 
 Memory: the joint is evaluated ``t_chunk`` frames at a time, and of each ``(B, t_chunk, U+1, V)`` block only
 the log-softmax normaliser (a logsumexp over ``V``) and two gathers (the next token's and blank's logit) are
-kept, so the collapsed probabilities cost ``O(B * T * U)`` and the peak extra memory ``O(B * t_chunk * U * V)``;
-the full-vocabulary KL (``full_vocab=True``, for small ``V``) instead keeps whole distributions per chunk.
+kept, so the collapsed probabilities cost ``O(B * T * U)`` and the peak extra memory ``O(B * t_chunk * U * V)``.
+In training the student's chunks are checkpointed (``torch.utils.checkpoint``: recomputed in backward), otherwise
+autograd would keep every chunk's logits, ``O(B * T * U * V)`` again. The full-vocabulary KL (``full_vocab=True``,
+for small ``V``) keeps whole distributions (and autograd their logits): ``O(B * T * U * V)``.
+``python -m bench.rnnt_memory`` measures both against ``V`` (``bench/results/rnnt_memory.md``).
 Losses return ``(sum, denominator = number of valid nodes, stats)`` like every loss of the core.
 
 Unlike the hidden-state losses, this one reads lattices (:class:`TransducerLattice`): the teacher's comes from
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import require
 
@@ -69,9 +73,8 @@ def collapsed_log_probs(joint: Joint, enc: torch.Tensor, pred: torch.Tensor, tar
     has_next = torch.arange(u1, device=enc.device)[None, :] < target_lengths[:, None]  # (B, U+1)
     nxt = torch.cat([targets, targets.new_zeros(b, 1)], dim=1).long()
     nxt = torch.where(has_next, nxt, torch.full_like(nxt, blank))  # no next token: gather blank, masked below
-    out = []
-    for s in range(0, t_max, t_chunk):
-        logits = joint(enc[:, s:s + t_chunk, None, :], pred[:, None, :, :]).float()  # (B, t, U+1, V)
+    def collapse(enc_chunk: torch.Tensor, pred_all: torch.Tensor) -> torch.Tensor:
+        logits = joint(enc_chunk[:, :, None, :], pred_all[:, None, :, :]).float()  # (B, t, U+1, V)
         lse = torch.logsumexp(logits, dim=-1)
         idx = nxt[:, None, :, None].expand(-1, logits.size(1), -1, 1)
         log_y = logits.gather(-1, idx).squeeze(-1) - lse
@@ -81,7 +84,18 @@ def collapsed_log_probs(joint: Joint, enc: torch.Tensor, pred: torch.Tensor, tar
         masked = logits.scatter(-1, idx, float("-inf"))
         masked[..., blank] = float("-inf")
         log_r = torch.logsumexp(masked, dim=-1) - lse
-        out.append(torch.stack([log_y, log_b, log_r], dim=-1))
+        return torch.stack([log_y, log_b, log_r], dim=-1)
+
+    # with gradient, each chunk is checkpointed: autograd keeps its inputs and its (B, t, U+1, 3) output and
+    # recomputes the chunk's joint during backward, so no (B, T, U+1, V) tensor is ever kept alive
+    grad = torch.is_grad_enabled() and (enc.requires_grad or pred.requires_grad or any(
+        p.requires_grad for p in getattr(joint, "parameters", lambda: [])()))
+    out = []
+    for s in range(0, t_max, t_chunk):
+        if grad:
+            out.append(checkpoint(collapse, enc[:, s:s + t_chunk], pred, use_reentrant=False))
+        else:
+            out.append(collapse(enc[:, s:s + t_chunk], pred))
     return torch.cat(out, dim=1)
 
 
