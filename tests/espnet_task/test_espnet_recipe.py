@@ -63,6 +63,21 @@ def test_debug_recipe_end_to_end(tmp_path):
     assert "asr_teacher" in models  # the methods' teacher, decoded with ESPnet's asr_inference
     assert all(r[4] == "525" for r in rows if r[0].startswith("asr_kd_student"))  # 480 ms chunk + 45 ms front-end
     assert (recipe / "exp/asr_kd_student_stage1/stage1.zip").exists()
+    # hard targets: a noisy-student round (the zoo teacher labels the FSDD train audio outside data/train; without FSDD
+    # the valid audio stands in), then the same student trains on labels + pseudo-labels with SpecAugment, no teacher
+    unlab = [] if has_fsdd else ["--unlabelled", "data/valid"]
+    proc = subprocess.run(["./run_noisy_student.sh", *unlab, "--debug", "true", "--python", sys.executable], cwd=recipe,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = lambda p: (recipe / p).read_text().splitlines()  # noqa: E731
+    assert 0 < len(lines("data/train_pl1_unlab/text")) and len(lines("data/train_pl1/text")) == len(lines("data/train/text")) + len(
+        lines("data/train_pl1_unlab/text"))
+    noisy = yaml.safe_load((recipe / "exp/asr_kd_student_noisy1/config.yaml").read_text())
+    assert noisy["specaug"] == "specaug" and noisy["model_conf"]["kd_weight"] == 0
+    assert any("dump/raw/train_pl1/text" in p[0] for p in noisy["train_data_path_and_name_and_type"])
+    rows = [[c.strip() for c in r.split("|")[1:-1]] for r in (recipe / "exp/RESULTS.md").read_text().splitlines()[2:]]
+    assert "asr_kd_student_noisy1" in {r[0] for r in rows}
+    assert (recipe / "exp/asr_kd_student_noisy1/packed.zip").stat().st_size > 0  # the next round's teacher
     if not has_fsdd:  # everything else was checked; say what was not
         pytest.skip(f"{ROOT.parent / 'shared/data/fsdd'} missing: the recipe's real-speech (FSDD) test set was not checked")
 

@@ -40,7 +40,7 @@ merged() {  # merged base.yaml out.yaml [early ... --] [late ...]: base + early 
     "$python" local/merge_yaml.py "$base" "${early[@]}" ${over:+"$over"} "$@" > "$out"
 }
 token_dir=data/token_list/bpe_unigram${nbpe}
-stats_dir=exp/asr_stats_raw_bpe${nbpe}
+stats_dir=exp/asr_stats_raw_bpe${nbpe}$([ "$train_set" = train ] || echo "_$train_set")  # another training set: its own shapes
 teacher_dir=exp/asr_teacher
 student_dir=exp/asr_kd_student${student_tag}
 student_dirs=("$student_dir"); [ "$scratch" = true ] && student_dirs+=("${student_dir}_scratch")
