@@ -5,7 +5,7 @@ export PYTHONWARNINGS ?= ignore::FutureWarning
 
 RECIPE := egs2/kd_synth/asr1
 
-.PHONY: install demo test test-fast bench bench-quick bench-methods clean
+.PHONY: install demo test test-fast bench bench-quick bench-methods bench-rnnt clean
 install:
 	bash tools/install.sh
 
@@ -22,7 +22,8 @@ test-fast: install
 
 # Teacher vs distilled streaming students (WER x latency x size x speed): bench/results/summary.md + PNGs.
 # Resumable by stage (re-running skips finished stages/models); <= 150 min on 2 CPU cores, bench-quick ~10 min.
-# bench-methods: HuBERT-disc, front-end KD, SEW and the shape presets (bench/results/methods/summary.md).
+# bench-methods: HuBERT-disc, front-end KD, SEW and the shape presets (bench/results/methods/summary.md);
+# bench-rnnt: transducer students, soft vs hard targets (bench/results/rnnt/summary.md).
 bench: install
 	bash bench/run.sh
 
@@ -31,6 +32,9 @@ bench-quick: install
 
 bench-methods: install
 	bash bench/run.sh --suite methods
+
+bench-rnnt: install
+	bash bench/run.sh --suite rnnt
 
 clean:
 	rm -rf exp outputs .pytest_cache

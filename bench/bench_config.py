@@ -20,11 +20,14 @@ METHOD_CHUNK_MS = 480
 ZOO_TEACHER = "zoo/hubert_mini_ctc/hubert_mini_ctc.pt"
 #: the pre-trained HuBERT whose codebook (final_proj + label embeddings) the discriminative loss reads
 ZOO_CODEBOOK_TEACHER = "zoo/hubert_mini/hubert_mini.pt"
-#: the two job suites: ``main`` (KD vs scratch: chunk sweep, low resource, methods of the main table) and
-#: ``methods`` (issue 14's methods and the shape presets at the method chunk, same budget as layer KD)
-SUITES = ("main", "methods")
+#: the job suites: ``main`` (KD vs scratch: chunk sweep, low resource, methods of the main table), ``methods`` (issue
+#: 14's methods and the shape presets at the method chunk, same budget as layer KD) and ``rnnt`` (transducer students:
+#: soft vs hard targets, low-resource setting, at the method chunk)
+SUITES = ("main", "methods", "rnnt")
 #: methods-suite rows of the shape presets (kd_core.students.presets): layer KD (``layer_map auto``) at the method chunk
 PRESET_ROWS = ("s12_deep", "s12_sew", "s8_wide", "s4_wide")
+#: the rnnt suite's transducer teacher: this shape preset, non-streaming, trained on every label
+RNNT_TEACHER_SHAPE = "s4_wide"
 #: transformer layers of the zoo teacher (the ``auto`` layer maps of the preset rows pair with them)
 TEACHER_LAYERS = 8
 
@@ -33,7 +36,7 @@ NOT_BUILT = (
     ("hubert_disc", "HuBERT discriminative (codeword) loss", "in the methods suite"),
     ("frontend_kd", "waveform -> Fbank front-end distillation", "in the methods suite"),
     ("sew_student", "SEW-style squeezed student", "in the methods suite"),
-    ("rnnt_kd", "RNN-T soft/hard-target KD", "not built yet"),
+    ("rnnt_kd", "RNN-T soft/hard-target KD", "in the rnnt suite"),
 )
 
 
@@ -110,6 +113,10 @@ def get_config(mode: str, seed: int = 0, jobs: int = 2, suite: str = "main") -> 
     if suite not in SUITES:
         raise ValueError(f"suite={suite!r}: use one of {', '.join(SUITES)}")
     common = dict(seed=seed, jobs=jobs, teacher_path=ZOO_TEACHER, lowres_fraction=0.1, convergence_factor=2, suite=suite)
+    if mode == "full" and suite == "rnnt":  # transducer steps cost ~2x CTC ones: 2/3 of the budget, all seven rows alike
+        from dataclasses import replace
+
+        return replace(get_config("full", seed, jobs, "main"), suite="rnnt", student_steps=1600)
     if mode == "full":
         return BenchConfig(
             mode=mode, corpus=labelled_corpus(), fsdd_max_per_split=None,

@@ -100,12 +100,13 @@ def fbank_stats(wavs: Sequence[torch.Tensor], n_mels: int = 80) -> Tuple[torch.T
 
 
 def student_mels(cfg) -> List[int]:
-    """Mel-bin counts of the suite's students (the configured student and, in the methods suite, the presets)."""
+    """Mel-bin counts of the suite's students (the configured student and the presets of the methods suite / the rnnt
+    suite's teacher)."""
     from kd_core.students.presets import preset_conf
 
-    from .bench_config import PRESET_ROWS
+    from .bench_config import PRESET_ROWS, RNNT_TEACHER_SHAPE
 
-    shapes = PRESET_ROWS if cfg.suite == "methods" else ()
+    shapes = {"methods": PRESET_ROWS, "rnnt": (RNNT_TEACHER_SHAPE,)}.get(cfg.suite, ())
     return sorted({cfg.student["frontend_conf"]["n_mels"]} | {preset_conf(n)["frontend_conf"]["n_mels"] for n in shapes})
 
 

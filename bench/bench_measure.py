@@ -40,17 +40,23 @@ def params(module: torch.nn.Module) -> int:
 def timed_stream(student, wav: torch.Tensor, piece: int):
     """Feed ``wav (1, S)`` in ``piece``-sample pieces through the student's streaming loop
     (:func:`kd_core.students.stream_steps`), timing each call. Returns ``(logits (1, T, V), [seconds of every
-    call that emitted frames])``."""
+    call that emitted frames])``; transducers return their encoder output ``(1, T, D)`` instead of logits and each
+    timed call includes the greedy search over the new frames."""
     from kd_core.students import stream_steps
 
     logits, emit_times = [], []
     steps = stream_steps(student.frontend, student.encoder, wav.split(piece, dim=1))
+    transducer = hasattr(student, "joiner")  # its output per chunk: the encoder states + the greedy search step
+    state = student.greedy_state(1) if transducer else None
     while True:
         t0 = time.perf_counter()
         hidden = next(steps, None)
         if hidden is None:
             break
-        out = student.ctc(hidden[-1])
+        if transducer:
+            out, state = hidden[-1], student.greedy(hidden[-1], state=state)
+        else:
+            out = student.ctc(hidden[-1])
         dt = time.perf_counter() - t0
         if out.size(1):
             emit_times.append(dt)
@@ -81,7 +87,10 @@ def speed_and_latency(out: Path, cfg: BenchConfig, names: List[str]) -> Dict:
         chunk = m.encoder.chunk_size
         res["models"][name] = {"params": params(m), "chunk_frames": chunk, "latency_ms": algorithmic_latency_ms(
             chunk, m.frame_shift_ms, m.encoder.right_context, m.frontend_lookahead_ms)}
-        runs[name] = lambda m=m: [m(u, torch.tensor([u.size(1)])) for u in utts]
+        if hasattr(m, "joiner"):  # a transducer's cost includes its search
+            runs[name] = lambda m=m: [m.greedy(m(u, torch.tensor([u.size(1)])).hidden[-1]) for u in utts]
+        else:
+            runs[name] = lambda m=m: [m(u, torch.tensor([u.size(1)])) for u in utts]
         if chunk > 0:
             piece = chunk * m.frontend.stride
             runs[name + "/stream"] = lambda m=m, piece=piece: [m.stream(list(u.split(piece, dim=1))) for u in utts]
@@ -104,7 +113,8 @@ def speed_and_latency(out: Path, cfg: BenchConfig, names: List[str]) -> Dict:
             logits, times = timed_stream(m, u, SR // 100)
             emit += times
             first.append(times[0])
-            full = m(u, torch.tensor([u.size(1)])).logits
+            full = m(u, torch.tensor([u.size(1)]))
+            full = full.hidden[-1] if hasattr(m, "joiner") else full.logits
             diff = max(diff, float((full[:, : logits.size(1)] - logits).abs().max()), abs(full.size(1) - logits.size(1)))
         res["models"][name].update(chunk_compute_ms_mean=1000 * statistics.mean(emit), chunk_compute_ms_p95=1000 * p95(emit),
                                    first_output_ms=1000 * statistics.median(first), stream_vs_full_max_abs_diff=diff)

@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .bench_config import NOT_BUILT, BenchConfig
+from .bench_config import NOT_BUILT, RNNT_TEACHER_SHAPE, BenchConfig
 from kd_core.atomic import atomic_write, atomic_write_text
 
 STAGE_ORDER = ("data", "teacher", "teacher_eval", "cache", "students", "measure")
@@ -112,7 +112,7 @@ def target_rows(rows: List[Dict], training: Dict, cfg: BenchConfig) -> List[Dict
     """Each target: measured value, threshold, met or not, margin (``+``: better than the target)."""
     by = {r["name"]: r for r in rows if not r.get("not_built")}
     tag = lambda ms: f"{ms}ms" if ms else "full"  # noqa: E731
-    main = by[f"layer_kd_{tag(cfg.method_chunk_ms)}"]
+    main = by[("rnnt_soft_" if cfg.suite == "rnnt" else "layer_kd_") + tag(cfg.method_chunk_ms)]  # the suite's main student
     out = []
 
     def add(target, value, thr, higher_better, unit="x", detail="", counted=True, why=""):
@@ -163,7 +163,9 @@ def evidence_lines(rows: List[Dict], cfg: BenchConfig) -> List[str]:
     tag = lambda ms: f"{ms}ms" if ms else "full"  # noqa: E731
     m = tag(cfg.method_chunk_ms)
     t = by["teacher"]
-    scratch = [r for r in rows if r.get("method") == "from scratch"]
+    scratch = [r for r in rows if r.get("method") in ("from scratch", "from scratch (labelled part only)")]
+    if not scratch:
+        return []
     lines = ["## Does distilling help?", "", "| comparison | synthetic test | FSDD test |", "|---|---|---|"]
     cells = []
     for key in ("wer", "wer_fsdd"):
@@ -204,6 +206,26 @@ def methods_lines(rows: List[Dict], cfg: BenchConfig) -> List[str]:
         if r.get("not_built"):
             continue
         lines.append(f"| {r['name']} | {r['method']} | {r['params'] / 1e6:.2f} | {fmt(r.get('rtf_stream'), '.4f')} | "
+                     f"{r['wer']:.1f} | {r['wer_fsdd']:.1f} | {rel(r['wer'], ref['wer']):+.1f} / {rel(r['wer_fsdd'], ref['wer_fsdd']):+.1f} |")
+    return lines
+
+
+def rnnt_lines(rows: List[Dict], cfg: BenchConfig) -> List[str]:
+    """The rnnt suite: transducer students, soft vs hard targets, against the from-scratch transducer."""
+    by = {r["name"]: r for r in rows if not r.get("not_built")}
+    ref = by.get(f"rnnt_scratch_{cfg.method_chunk_ms}ms")
+    if cfg.suite != "rnnt" or ref is None:
+        return []
+    lines = [f"## RNN-T: soft vs hard targets at {cfg.method_chunk_ms} ms ({100 * cfg.lowres_fraction:g} % labels + the "
+             "rest as audio; same steps, data order and seed)", "",
+             "| model | method | params (M) | utterances trained on (with transducer loss) | RTF stream (incl. search) | "
+             "WER synth | WER FSDD | rel. WER vs scratch synth / FSDD (%, - = better) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows[1:]:
+        if r.get("not_built") or not r["name"].startswith("rnnt_"):
+            continue
+        tr = r.get("train", {})
+        used = f"{tr.get('utterances', '-')} ({tr.get('labelled', '-')})"
+        lines.append(f"| {r['name']} | {r['method']} | {r['params'] / 1e6:.2f} | {used} | {fmt(r.get('rtf_stream'), '.4f')} | "
                      f"{r['wer']:.1f} | {r['wer_fsdd']:.1f} | {rel(r['wer'], ref['wer']):+.1f} / {rel(r['wer_fsdd'], ref['wer_fsdd']):+.1f} |")
     return lines
 
@@ -336,7 +358,14 @@ def write_report(out: Path, results_dir: Path, cfg: BenchConfig, command: str, s
              + (" Rows named after a shape preset (`kd_core.students.presets`) train that shape instead, with layer map "
                 "`auto` (student layers at 1/3, 2/3, 3/3 of its depth); the HuBERT-discriminative row distils the pre-trained "
                 "`zoo/hubert_mini` (its codebook and its own cached layers); front-end KD stage A trains without CTC."
-                if cfg.suite == "methods" else ""), "",
+                if cfg.suite == "methods" else "")
+             + (" The rnnt suite's students are transducers instead (`kd_core.students.transducer`: the same front-end "
+                "and encoder, a stateless predictor over 2 tokens and a joiner, torchaudio's RNN-T loss, greedy search); its "
+                f"teacher is a bigger non-streaming transducer (preset {RNNT_TEACHER_SHAPE}) trained here on every label "
+                "with the same budget. Soft targets: the collapsed-lattice KL on every utterance (the lattice over the "
+                "reference, or over the teacher's 1-best where there is none) + the transducer loss on the labelled share; "
+                "hard targets: the teacher's 1-best as the missing transcripts (empty ones dropped), transducer loss only. "
+                "No SpecAugment (the noise of noisy-student training is not modelled here)." if cfg.suite == "rnnt" else ""), "",
              "WER: greedy CTC, jiwer, %. Student WERs come from the masked full forward, which equals chunk-by-chunk "
              "streaming (max |stream - full| logit difference over checked utterances: "
              f"{max((r.get('stream_vs_full_max_abs_diff', 0.0) for r in rows if not r.get('not_built')), default=0):.1e}). "
@@ -347,7 +376,7 @@ def write_report(out: Path, results_dir: Path, cfg: BenchConfig, command: str, s
              "needs to its output). Algorithmic latency = chunk + front-end look-ahead (kd_core.streaming).", "",
              "## Results", ""]
     lines += main_table(rows)
-    lines += [""] + evidence_lines(rows, cfg) + [""] + methods_lines(rows, cfg)
+    lines += [""] + evidence_lines(rows, cfg) + [""] + methods_lines(rows, cfg) + rnnt_lines(rows, cfg)
     lines += ["", f"## Targets ({n_met} of {counted} met; {len(targets) - counted} not counted)", "",
               "| target | measured | threshold | met | margin | detail |",
               "|---|---|---|---|---|---|"]
@@ -374,7 +403,8 @@ def write_report(out: Path, results_dir: Path, cfg: BenchConfig, command: str, s
               "|---|---|---|---|---|"]
     for name, sc in scores.items():
         tr = sc["train"]
-        lines.append(f"| {name} | {tr['steps']} | {tr['seconds']:.0f} | {tr['sec_per_step']:.3f} | {fmt(tr.get('final_ctc'), '.3f')} |")
+        final = fmt(tr.get("final_ctc"), ".3f") if "final_rnnt" not in tr else f"{fmt(tr['final_rnnt'], '.3f')} (transducer loss)"
+        lines.append(f"| {name} | {tr['steps']} | {tr['seconds']:.0f} | {tr['sec_per_step']:.3f} | {final} |")
     lines += ["", "## Wall time per stage", "", "| stage | seconds | note |", "|---|---|---|"]
     for st in STAGE_ORDER:
         s = stages.get(st, {})

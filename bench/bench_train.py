@@ -18,12 +18,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .bench_config import PRESET_ROWS, ZOO_CODEBOOK_TEACHER, BenchConfig, preset_student
+from .bench_config import PRESET_ROWS, RNNT_TEACHER_SHAPE, ZOO_CODEBOOK_TEACHER, BenchConfig, preset_student
 from .bench_data import (Utt, collate, duration_batches, labelled_subset, length_groups, load_split, split_dirs,
                          student_fbank_stats, student_frontend, teacher_files, tokenizer)
 from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.data import CharTokenizer, greedy_ctc
-from kd_core.distiller import kd_objective
+from kd_core.distiller import kd_objective, transducer_objective
 from kd_core.runner import train_loop
 
 log = logging.getLogger("bench.train")
@@ -31,14 +31,16 @@ log = logging.getLogger("bench.train")
 
 @torch.no_grad()
 def evaluate(logits_fn: Callable, data: Sequence[Utt], tok: CharTokenizer, batch_s: float = 60.0) -> Dict:
-    """WER/CER (jiwer, %) of greedy CTC over ``data``; ``logits_fn(wav, lengths) -> (logits, lengths)``."""
+    """WER/CER (jiwer, %) over ``data`` of greedy CTC, ``logits_fn(wav, lengths) -> (logits, lengths)``, or of any
+    search, ``logits_fn(wav, lengths) -> token ids per utterance`` (transducers)."""
     import jiwer
 
     refs, hyps = [], []
     for g in length_groups(data, batch_s):
         wav, wl, _, _ = collate([data[i] for i in g], tok)
-        logits, lens = logits_fn(wav, wl)
-        hyps += [tok.decode(h) for h in greedy_ctc(logits, lens)]
+        got = logits_fn(wav, wl)
+        ids = greedy_ctc(*got) if isinstance(got, tuple) else got
+        hyps += [tok.decode(h) for h in ids]
         refs += [data[i][2] for i in g]
     return {"wer": 100 * jiwer.wer(refs, hyps), "cer": 100 * jiwer.cer(refs, hyps), "n": len(refs),
             "examples": [[r, h] for r, h in zip(refs, hyps)][:3]}
@@ -153,6 +155,33 @@ def method_jobs(cfg: BenchConfig) -> List[Dict]:
     return jobs
 
 
+def rnnt_jobs(cfg: BenchConfig) -> List[Dict]:
+    """The rnnt suite (Hwang et al. 2022), low-resource setting at the method chunk: transcripts for
+    ``cfg.lowres_fraction`` of the training set, the rest is audio. Students are streaming transducers of the main
+    student's shape. (a) a bigger non-streaming transducer teacher (all labels) -> the student: soft targets (collapsed
+    lattice KL on every utterance, over the reference or the teacher's 1-best) vs hard targets (its 1-best as the
+    missing transcripts); also hard targets from the zoo's CTC teacher; (b) self-training: the from-scratch student
+    teaches a student of its own architecture, soft vs hard."""
+    tag, low = f"{cfg.method_chunk_ms}ms", cfg.lowres_fraction
+    base = dict(chunk_ms=cfg.method_chunk_ms, transducer=True, labels=low)
+    return [
+        {"name": "rnnt_teacher_full", "method": f"transducer teacher ({RNNT_TEACHER_SHAPE}, non-streaming, all labels)",
+         "chunk_ms": 0, "transducer": True, "student": RNNT_TEACHER_SHAPE, "kd": None, "teacher": None, "depends": []},
+        {"name": f"rnnt_scratch_{tag}", "method": "from scratch (labelled part only)", "kd": None, "teacher": None,
+         "depends": [], **base},
+        {"name": f"rnnt_soft_{tag}", "method": "soft targets from the transducer teacher", "kd": "rnnt",
+         "teacher": "student:rnnt_teacher_full", "depends": ["rnnt_teacher_full"], **base},
+        {"name": f"rnnt_hard_{tag}", "method": "hard targets from the transducer teacher", "kd": None, "teacher": None,
+         "pseudo": "rnnt_teacher_full", "depends": ["rnnt_teacher_full"], **base},
+        {"name": f"rnnt_hard_zoo_{tag}", "method": "hard targets from the zoo CTC teacher", "kd": None, "teacher": None,
+         "pseudo": "zoo", "depends": [], **base},
+        {"name": f"rnnt_self_soft_{tag}", "method": "self-training, soft targets (teacher: the scratch student)", "kd": "rnnt",
+         "teacher": f"student:rnnt_scratch_{tag}", "depends": [f"rnnt_scratch_{tag}"], **base},
+        {"name": f"rnnt_self_hard_{tag}", "method": "self-training, hard targets (teacher: the scratch student)", "kd": None,
+         "teacher": None, "pseudo": f"rnnt_scratch_{tag}", "depends": [f"rnnt_scratch_{tag}"], **base},
+    ]
+
+
 def student_jobs(cfg: BenchConfig) -> List[Dict]:
     """Every student of the benchmark, in the order they are trained (``depends``: trained before).
 
@@ -162,6 +191,8 @@ def student_jobs(cfg: BenchConfig) -> List[Dict]:
     student at the method chunk trained ``cfg.convergence_factor`` times longer."""
     if cfg.suite == "methods":
         return method_jobs(cfg)
+    if cfg.suite == "rnnt":
+        return rnnt_jobs(cfg)
 
     def tag(ms):
         return f"{ms}ms" if ms else "full"
@@ -191,22 +222,28 @@ def student_jobs(cfg: BenchConfig) -> List[Dict]:
     return jobs
 
 
-def build_student(out: Path, cfg: BenchConfig, chunk_ms: int, vocab: int, shape: Optional[str] = None):
-    """The configured student, or shape preset ``shape`` (same front-end, dropout and kernel as the benchmark's)."""
+def build_student(out: Path, cfg: BenchConfig, chunk_ms: int, vocab: int, shape: Optional[str] = None,
+                  transducer: bool = False):
+    """The configured student, or shape preset ``shape`` (same front-end, dropout and kernel as the benchmark's);
+    ``transducer``: the same front-end and encoder with the core's stateless predictor + joiner instead of CTC."""
     from kd_core.streaming import ms_to_frames
     from kd_core.students import streaming_student
     from kd_core.students.frontends import frontend_timing_ms
+    from kd_core.students.transducer import transducer_student
 
     shift_ms, _ = frontend_timing_ms(student_frontend(cfg), 16000)
     conf = preset_student(shape) if shape else cfg.student
-    student = streaming_student(**conf, chunk_size=ms_to_frames(chunk_ms, shift_ms), vocab_size=vocab)
+    if transducer:
+        student = transducer_student(vocab, **conf, chunk_size=ms_to_frames(chunk_ms, shift_ms))
+    else:
+        student = streaming_student(**conf, chunk_size=ms_to_frames(chunk_ms, shift_ms), vocab_size=vocab)
     student.frontend.set_global_stats(*student_fbank_stats(out, conf["frontend_conf"]["n_mels"]))
     return student
 
 
 def load_student(out: Path, cfg: BenchConfig, name: str):
     ck = torch.load(out / f"models/{name}.pt", weights_only=False)
-    student = build_student(out, cfg, ck["chunk_ms"], ck["vocab"], ck["job"].get("student"))
+    student = build_student(out, cfg, ck["chunk_ms"], ck["vocab"], ck["job"].get("student"), ck["job"].get("transducer", False))
     student.load_state_dict(ck["state_dict"])
     return student.eval()
 
@@ -223,6 +260,8 @@ def make_kd_loss(out: Path, cfg: BenchConfig, job: Dict, student, teacher, tok, 
     from kd_core.losses.registry import build_kd_loss
 
     ctx = kd_context(teacher, student, den_graph_fn(out, tok, train))
+    if job["kd"] == "rnnt":  # the collapsed-lattice KL with the core loss's defaults
+        return build_kd_loss("rnnt", {}, ctx)
     layer_map = job.get("layer_map") or (cfg.stage2_layer_map if job["teacher"].startswith("student:") else cfg.layer_map)
     return build_kd_loss(job["kd"], kd_conf(layer_map), ctx)
 
@@ -237,17 +276,57 @@ def job_teacher(out: Path, cfg: BenchConfig, job: Dict):
     return StudentTeacher(load_student(out, cfg, job["teacher"].split(":", 1)[1]))
 
 
+@torch.no_grad()
+def pseudo_labels(out: Path, cfg: BenchConfig, source: str, train: Sequence[Utt], tok: CharTokenizer) -> Dict[str, str]:
+    """1-best transcripts of every training utterance by ``source`` (``zoo``: the zoo CTC teacher's greedy CTC, from
+    the cached logits; else a trained transducer job's own batched greedy search), kept in ``pseudo/<source>.json``."""
+    from kd_core.pseudo_label import ids_to_text
+
+    path = out / f"pseudo/{source}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model = cached_teacher(out, cfg) if source == "zoo" else load_student(out, cfg, source)
+    labels = {}
+    for g in length_groups(train, 60.0):
+        wav, wl, _, _ = collate([train[i] for i in g], tok)
+        o = model(wav, wl)
+        ids = greedy_ctc(o.logits, o.lengths) if source == "zoo" else model.greedy(o.hidden[-1], o.lengths).hyps
+        labels.update({train[i][0]: ids_to_text(h, tok.symbols).upper() for i, h in zip(g, ids)})
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_text(path, json.dumps(labels, indent=0) + "\n")
+    return labels
+
+
+def training_data(out: Path, cfg: BenchConfig, job: Dict, tok: CharTokenizer):
+    """``(train, labelled)``: the job's training utterances and the indices with a (true or pseudo) transcript
+    (``None``: all). Low resource: transcripts for ``job["labels"]`` of the set; a job with a teacher also reads the
+    rest as audio; a ``pseudo`` job gets the rest transcribed by that source (empty 1-bests dropped); a soft-target
+    transducer job reads the rest with its teacher's 1-best as the lattice reference (empty ones too; no transducer
+    loss there)."""
+    train = load_split(split_dirs(out)["train"])
+    if not job.get("labels"):
+        return train, None
+    labelled = set(labelled_subset(train, job["labels"]))
+    source = job.get("pseudo") or (job["teacher"].split(":", 1)[1] if job["kd"] == "rnnt" else None)
+    if source is not None:
+        hyps = pseudo_labels(out, cfg, source, train, tok)
+        train = [u if i in labelled else (u[0], u[1], hyps[u[0]]) for i, u in enumerate(train)]
+        # hard targets: an empty 1-best is no transcript; soft targets: it is a lattice (blank only) like any other
+        keep = [i for i, u in enumerate(train) if i in labelled or u[2].strip() or not job.get("pseudo")]
+        labelled = {n for n, i in enumerate(keep) if i in labelled or job.get("pseudo")}
+        train = [train[i] for i in keep]
+        return train, (None if len(labelled) == len(train) else labelled)
+    if not job["kd"]:  # without a teacher the audio without transcripts teaches nothing
+        return [train[i] for i in sorted(labelled)], None
+    return train, labelled
+
+
 def train_student(out: Path, cfg: BenchConfig, job: Dict) -> Dict:
     """Train one student (same seed, batches, optimiser and steps for every job); save ``models/<name>.pt``."""
     tok = tokenizer(out)
-    train = load_split(split_dirs(out)["train"])
-    labelled = None  # indices into ``train`` with a transcript (None: all)
-    if job.get("labels"):
-        labelled = set(labelled_subset(train, job["labels"]))
-        if not job["kd"]:  # without a teacher the audio without transcripts teaches nothing
-            train, labelled = [train[i] for i in sorted(labelled)], None
+    train, labelled = training_data(out, cfg, job, tok)  # labelled: indices into ``train`` with a transcript (None: all)
     torch.manual_seed(cfg.seed)
-    student = build_student(out, cfg, job["chunk_ms"], len(tok), job.get("student"))
+    student = build_student(out, cfg, job["chunk_ms"], len(tok), job.get("student"), job.get("transducer", False))
     if job.get("init"):
         student.load_state_dict(load_student(out, cfg, job["init"]).state_dict())
     teacher = job_teacher(out, cfg, job) if job["kd"] else None
@@ -258,8 +337,13 @@ def train_student(out: Path, cfg: BenchConfig, job: Dict) -> Dict:
     def step(idx):
         wav, wl, y, yl = collate([train[i] for i in idx], tok)
         s_out = student(wav, wl)
-        t_out = teacher(wav, wl) if teacher is not None else None
         mask = None if labelled is None else torch.tensor([i in labelled for i in idx])
+        if job.get("transducer"):
+            lattice = teacher.transducer_lattice(wav, wl, y, yl) if teacher is not None else None
+            s, d, stats = transducer_objective(kd_loss, student, s_out, lattice, None, 1.0 if kd_loss is not None else 0.0,
+                                               1.0, 0.0, y, yl, labelled=mask)
+            return s / d, stats
+        t_out = teacher(wav, wl) if teacher is not None else None
         s, d, stats = kd_objective(kd_loss, s_out, t_out, 1.0 if kd_loss is not None else 0.0, job.get("ctc_weight", 1.0),
                                    y, yl, labelled=mask)
         return s / d, stats
@@ -271,8 +355,10 @@ def train_student(out: Path, cfg: BenchConfig, job: Dict) -> Dict:
     atomic_torch_save({"state_dict": student.state_dict(), "chunk_ms": job["chunk_ms"], "vocab": len(tok), "job": job,
                  "train": info}, out / f"models/{job['name']}.pt")
     (out / f"models/{job['name']}.partial.pt").unlink(missing_ok=True)
+    key = "rnnt" if job.get("transducer") else "ctc"
     return {"steps": info["steps"], "seconds": info["seconds"], "sec_per_step": info["seconds"] / max(1, info["steps"]),
-            "final_ctc": sum(c.get("ctc", 0.0) for c in info["curve"][-20:]) / max(1, len(info["curve"][-20:]))}
+            f"final_{key}": sum(c.get(key, 0.0) for c in info["curve"][-20:]) / max(1, len(info["curve"][-20:])),
+            "utterances": len(train), "labelled": len(train) if labelled is None else len(labelled)}
 
 
 def evaluate_student(out: Path, cfg: BenchConfig, name: str) -> Dict:
@@ -281,7 +367,7 @@ def evaluate_student(out: Path, cfg: BenchConfig, name: str) -> Dict:
 
     def fwd(wav, wl):
         o = student(wav, wl)
-        return o.logits, o.lengths
+        return student.greedy(o.hidden[-1], o.lengths).hyps if hasattr(student, "joiner") else (o.logits, o.lengths)
 
     dirs = split_dirs(out)
     return {split: evaluate(fwd, load_split(dirs[split]), tok) for split in ("valid", "test", "fsdd_test")}

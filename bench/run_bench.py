@@ -9,12 +9,13 @@ resumes, mid-training included, from partial checkpoints):
 4. ``cache``: the teacher's targets (mapped layers + CTC logits, fp16) for the whole training set;
 5. ``students``: every student (layer KD and from scratch at 480/160 ms and full context; aux+APC, LF-MMI,
    two-stage at 480 ms; the low-resource pair and the convergence check at 480 ms), two at a time in worker
-   processes with one thread each, KD targets read from the cache; each is scored (WER) when trained;
+   processes with one thread each, KD targets read from the cache; each is scored (WER) when trained (the rnnt
+   suite's hard-target students first get their teacher's 1-best, kept in ``<out>/pseudo``);
 6. ``measure``: one process, one thread: parameters, RTF, streaming latency, training-step cost, LF-MMI vs CTC;
 7. report (always redone from the stage files): ``summary.md``, ``results.json`` and PNG plots.
 
-Usage: ``bench/run.sh [--quick | --smoke] [--suite main|methods] [--out DIR] [--results DIR] [--redo STAGE]``
-(``make bench``, ``make bench-quick``, ``make bench-methods``). Defaults: ``--out exp/bench[-quick|-smoke][-methods]``;
+Usage: ``bench/run.sh [--quick | --smoke] [--suite main|methods|rnnt] [--out DIR] [--results DIR] [--redo STAGE]``
+(``make bench``, ``make bench-quick``, ``make bench-methods``, ``make bench-rnnt``). Defaults: ``--out exp/bench[-quick|-smoke][-methods]``;
 results in ``bench/results`` (``bench/results/methods`` for the methods suite) for the full run, ``<out>/results``
 otherwise. The methods suite (issue 14's methods and the shape presets at 480 ms, same budget as layer KD, with its
 own layer-KD and scratch references) runs on its own data and cache, so either suite fits the 150 min budget.
@@ -89,7 +90,7 @@ def redo(out: Path, cfg: BenchConfig, stage: str) -> None:
     from .bench_train import student_jobs
 
     outputs = dict(STAGE_OUTPUTS)
-    outputs["students"] = ["scores", "den_graph"] + [f"models/{j['name']}{ext}" for j in student_jobs(cfg)
+    outputs["students"] = ["scores", "den_graph", "pseudo"] + [f"models/{j['name']}{ext}" for j in student_jobs(cfg)
                                                      for ext in (".pt", ".partial.pt")]
     for st in STAGES[STAGES.index(stage):]:
         (out / "stages" / f"{st}.json").unlink(missing_ok=True)
@@ -173,7 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="student trainings in parallel (1 thread each)")
     p.add_argument("--redo", choices=STAGES, help="forget this stage and all later ones, then run")
     p.add_argument("--suite", choices=SUITES, default="main", help="main: KD vs scratch (chunk sweep, low resource, "
-                   "methods of the main table); methods: HuBERT-disc, front-end KD, SEW and the shape presets at 480 ms")
+                   "methods of the main table); methods: HuBERT-disc, front-end KD, SEW and the shape presets at 480 ms; "
+                   "rnnt: transducer students, soft vs hard targets (low resource, 480 ms)")
     a = p.parse_args(argv)
     mode = a.mode or "full"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

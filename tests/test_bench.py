@@ -13,7 +13,7 @@ STUDENTS = (["twostage1_full"] + [f"{kind}_{tag}" for tag in ("480ms", "160ms", 
             + ["scratch_480ms_x2", "lowres_layer_kd_480ms", "lowres_scratch_480ms", "aux_apc_480ms", "lfmmi_480ms",
                "twostage2_480ms"])
 NOT_BUILT = {"hubert_disc": "in the methods suite", "frontend_kd": "in the methods suite", "sew_student": "in the methods suite",
-             "rnnt_kd": "not built yet"}
+             "rnnt_kd": "in the rnnt suite"}
 STAGES = ["data", "teacher", "teacher_eval", "cache", "students", "measure"]
 
 
@@ -204,3 +204,30 @@ def test_a_work_dir_belongs_to_one_configuration(tmp_path):
         check_config(tmp_path, get_config("quick"))
     check_config(tmp_path, get_config("quick"), accept=True)
     assert json.loads((tmp_path / "config.json").read_text())["mode"] == "quick"
+
+
+@pytest.mark.slow
+def test_bench_rnnt_suite_smoke(tmp_path):
+    """``--suite rnnt``: a non-streaming transducer teacher, the streaming transducer from scratch on the labelled share,
+    soft targets (collapsed-lattice KL) and hard targets (1-best of the transducer teacher, of the zoo CTC teacher, and
+    of the scratch student for self-training), with the soft-vs-hard table."""
+    import torch
+
+    out = tmp_path / "bench"
+    _run(out, "--suite", "rnnt")
+    summary = (out / "results/summary.md").read_text()
+    names = ["rnnt_teacher_full", "rnnt_scratch_480ms", "rnnt_soft_480ms", "rnnt_hard_480ms", "rnnt_hard_zoo_480ms",
+             "rnnt_self_soft_480ms", "rnnt_self_hard_480ms"]
+    assert [r[0] for r in _table_rows(summary, "## Results")] == ["teacher"] + names
+    table = _table_rows(summary, "## RNN-T: soft vs hard targets")
+    assert [r[0] for r in table] == names
+    trained = {n: torch.load(out / f"models/{n}.pt", weights_only=False)["train"] for n in names}
+    assert all("rnnt_kl" in c for c in trained["rnnt_soft_480ms"]["curve"])
+    assert not any("rnnt_kl" in c for c in trained["rnnt_hard_480ms"]["curve"])
+    scores = {n: json.loads((out / f"scores/{n}.json").read_text())["train"] for n in names}
+    # hard targets: the unlabelled audio gets transcripts (minus empty 1-bests); scratch trains on the labelled share
+    assert scores["rnnt_scratch_480ms"]["utterances"] == scores["rnnt_scratch_480ms"]["labelled"]
+    assert scores["rnnt_hard_zoo_480ms"]["labelled"] == scores["rnnt_hard_zoo_480ms"]["utterances"]
+    assert scores["rnnt_soft_480ms"]["labelled"] == scores["rnnt_scratch_480ms"]["labelled"]
+    assert scores["rnnt_soft_480ms"]["utterances"] == scores["rnnt_teacher_full"]["utterances"]  # soft reads every utterance
+    assert {p.stem for p in (out / "pseudo").glob("*.json")} == {"rnnt_teacher_full", "zoo", "rnnt_scratch_480ms"}
