@@ -231,3 +231,25 @@ def test_bench_rnnt_suite_smoke(tmp_path):
     assert scores["rnnt_soft_480ms"]["labelled"] == scores["rnnt_scratch_480ms"]["labelled"]
     assert scores["rnnt_soft_480ms"]["utterances"] == scores["rnnt_teacher_full"]["utterances"]  # soft reads every utterance
     assert {p.stem for p in (out / "pseudo").glob("*.json")} == {"rnnt_teacher_full", "zoo", "rnnt_scratch_480ms"}
+
+
+def test_paired_batches_give_the_soft_student_the_scratch_students_labelled_batches():
+    """A ``paired`` job's step = the from-scratch student's labelled batch (same utterances, same order) + unlabelled
+    audio of the same duration, so KD adds information without taking supervised data away."""
+    import itertools
+
+    import torch
+
+    from bench.bench_config import get_config
+    from bench.bench_data import duration_batches
+    from bench.bench_train import job_batches
+
+    cfg = get_config("smoke", suite="rnnt")
+    train = [(f"u{i:03d}", torch.zeros(1600 * (1 + i % 7)), "A") for i in range(60)]
+    labelled = set(range(0, 60, 10))
+    scratch = list(itertools.islice(duration_batches([train[i] for i in sorted(labelled)], cfg.student_batch_s, cfg.seed), 5))
+    paired = list(itertools.islice(job_batches(train, labelled, {"paired": True}, cfg), 5))
+    lab = sorted(labelled)
+    for s, p in zip(scratch, paired):
+        assert [i for i in p if i in labelled] == [lab[i] for i in s]
+        assert any(i not in labelled for i in p)
