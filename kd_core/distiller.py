@@ -213,7 +213,8 @@ def transducer_objective(kd_loss: Optional[nn.Module], student, out: StudentOutp
     from .losses.rnnt_kd import TransducerLattice
 
     b = out.lengths.numel()
-    total, _, stats = kd_objective(kd_loss if teacher_lattice is None else None, out, teacher, kd_weight if teacher_lattice is None else 0.0,
+    hidden_kd = teacher_lattice is None  # a hidden-state KD loss (kd_objective's), or the lattice KL below
+    total, _, stats = kd_objective(kd_loss if hidden_kd else None, out, teacher, kd_weight if hidden_kd else 0.0,
                                    ctc_weight, targets, target_lengths, labelled)
     loss = total / b
     if teacher_lattice is not None and kd_weight:

@@ -73,7 +73,7 @@ def transducer_hypotheses(teacher, wav: torch.Tensor, lengths: torch.Tensor, max
     prefix, so an LSTM's state needs no special handling): at each frame emit the joint's argmax until blank, at most
     ``max_symbols`` tokens per frame."""
     enc, enc_lengths = teacher.transducer_encode(wav, lengths)
-    joint, out = teacher._transducer_joint(), []
+    joint, out = teacher.transducer_joint(), []
     with torch.no_grad():
         for b in range(enc.size(0)):
             ids, logp = [], []

@@ -121,6 +121,10 @@ class Teacher(nn.Module):
     def _transducer_joint(self) -> nn.Module:
         raise NotImplementedError
 
+    def transducer_joint(self) -> nn.Module:
+        """Transducer teachers: the joint network (:data:`~kd_core.losses.rnnt_kd.Joint`), frozen."""
+        return self._transducer_joint()
+
     def transducer_encode(self, wav: torch.Tensor, lengths: torch.Tensor):
         """Transducer teachers: ``(enc (B, T, H), lengths (B,))`` without gradient, float32, utterance by utterance
         when :attr:`padding_sensitive`."""
@@ -147,7 +151,7 @@ class Teacher(nn.Module):
         from ..losses.rnnt_kd import TransducerLattice
 
         enc, enc_lengths = self.transducer_encode(wav, lengths)
-        return TransducerLattice(self._transducer_joint(), enc, enc_lengths, self.transducer_predict(targets))
+        return TransducerLattice(self.transducer_joint(), enc, enc_lengths, self.transducer_predict(targets))
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
         """Compute targets under ``torch.inference_mode()`` (and autocast to :attr:`compute_dtype`).
