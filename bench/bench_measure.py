@@ -26,6 +26,7 @@ from .bench_train import (build_student, cached_teacher, den_graph_fn, kd_conf, 
                          student_jobs)
 from kd_core.distiller import ctc_loss_sum, kd_context, kd_objective
 from kd_core.streaming import algorithmic_latency_ms
+from kd_core.students.transducer import is_transducer
 from .timing import best_time
 
 log = logging.getLogger("bench.measure")
@@ -46,7 +47,7 @@ def timed_stream(student, wav: torch.Tensor, piece: int):
 
     logits, emit_times = [], []
     steps = stream_steps(student.frontend, student.encoder, wav.split(piece, dim=1))
-    transducer = hasattr(student, "joiner")  # its output per chunk: the encoder states + the greedy search step
+    transducer = is_transducer(student)  # its output per chunk: the encoder states + the greedy search step
     state = student.greedy_state(1) if transducer else None
     while True:
         t0 = time.perf_counter()
@@ -87,7 +88,7 @@ def speed_and_latency(out: Path, cfg: BenchConfig, names: List[str]) -> Dict:
         chunk = m.encoder.chunk_size
         res["models"][name] = {"params": params(m), "chunk_frames": chunk, "latency_ms": algorithmic_latency_ms(
             chunk, m.frame_shift_ms, m.encoder.right_context, m.frontend_lookahead_ms)}
-        if hasattr(m, "joiner"):  # a transducer's cost includes its search
+        if is_transducer(m):  # a transducer's cost includes its search
             runs[name] = lambda m=m: [m.greedy(m(u, torch.tensor([u.size(1)])).hidden[-1]) for u in utts]
         else:
             runs[name] = lambda m=m: [m(u, torch.tensor([u.size(1)])) for u in utts]
@@ -114,7 +115,7 @@ def speed_and_latency(out: Path, cfg: BenchConfig, names: List[str]) -> Dict:
             emit += times
             first.append(times[0])
             full = m(u, torch.tensor([u.size(1)]))
-            full = full.hidden[-1] if hasattr(m, "joiner") else full.logits
+            full = full.hidden[-1] if is_transducer(m) else full.logits
             diff = max(diff, float((full[:, : logits.size(1)] - logits).abs().max()), abs(full.size(1) - logits.size(1)))
         res["models"][name].update(chunk_compute_ms_mean=1000 * statistics.mean(emit), chunk_compute_ms_p95=1000 * p95(emit),
                                    first_output_ms=1000 * statistics.median(first), stream_vs_full_max_abs_diff=diff)

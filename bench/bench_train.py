@@ -25,6 +25,7 @@ from kd_core.atomic import atomic_torch_save, atomic_write_text
 from kd_core.data import CharTokenizer, greedy_ctc
 from kd_core.distiller import kd_objective, transducer_objective
 from kd_core.runner import train_loop
+from kd_core.students.transducer import is_transducer
 
 log = logging.getLogger("bench.train")
 
@@ -387,7 +388,7 @@ def evaluate_student(out: Path, cfg: BenchConfig, name: str) -> Dict:
 
     def fwd(wav, wl):
         o = student(wav, wl)
-        return student.greedy(o.hidden[-1], o.lengths).hyps if hasattr(student, "joiner") else (o.logits, o.lengths)
+        return student.greedy(o.hidden[-1], o.lengths).hyps if is_transducer(student) else (o.logits, o.lengths)
 
     dirs = split_dirs(out)
     return {split: evaluate(fwd, load_split(dirs[split]), tok) for split in ("valid", "test", "fsdd_test")}

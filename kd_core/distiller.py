@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from .errors import require
 from .losses.registry import KDContext, build_kd_loss, needs_lattice, needs_logits
 from .students.model import StreamingStudent, StudentOutput
+from .students.transducer import is_transducer
 from .teachers.base import Teacher, TeacherOutput
 
 
@@ -48,7 +49,7 @@ def kd_context(teacher, student: StreamingStudent, den_graph: Optional[Callable[
     ``den_graph``: called only by losses that take a denominator graph (LF-MMI); ``codebook_option``: the
     option named when a loss needs a HuBERT codebook the teacher lacks.
     """
-    transducer = hasattr(student, "joiner")  # a TransducerStudent: its prediction layer is the joiner
+    transducer = is_transducer(student)  # a TransducerStudent: its prediction layer is the joiner
     vocab = student.vocab_size if transducer else (student.ctc.out_features if student.ctc is not None else None)
     return KDContext(teacher_dim=teacher.hidden_size, teacher_layers=teacher.num_layers,
                      teacher_shift_ms=teacher.frame_shift_ms, student_dim=student.encoder.d_model,
@@ -94,7 +95,7 @@ class Distiller(nn.Module):
                  context: Optional[KDContext] = None, rnnt_weight: float = 0.0, **loss_conf):
         super().__init__()
         check_weights("", kd_weight=kd_weight, ctc_weight=ctc_weight, rnnt_weight=rnnt_weight)
-        require(rnnt_weight == 0 or hasattr(student, "joiner"), "rnnt_weight>0 but the student is not a TransducerStudent")
+        require(rnnt_weight == 0 or is_transducer(student), "rnnt_weight>0 but the student is not a TransducerStudent")
         self.teacher = teacher
         require(teacher is None or teacher.sample_rate == student.sample_rate,
                 f"sample rates differ: teacher {getattr(teacher, 'sample_rate', None)} Hz, student {student.sample_rate} Hz; "
@@ -116,7 +117,7 @@ class Distiller(nn.Module):
                 target_lengths: Optional[torch.Tensor] = None, teacher_out: Optional[TeacherOutput] = None):
         """``wav (B, S)``, ``lengths (B,)``, optional CTC ``targets (B, U)`` -> ``(loss_sum, denom, stats)``."""
         out = self.student(wav, lengths)
-        if hasattr(self.student, "joiner"):
+        if is_transducer(self.student):
             lattice = None
             if self.kd_weight and needs_lattice(self.kd):
                 require(self.teacher is not None and targets is not None, "kd_loss rnnt: needs the teacher and the reference "

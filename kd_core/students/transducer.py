@@ -193,6 +193,12 @@ class TransducerStudent(nn.Module):
         return state
 
 
+def is_transducer(model) -> bool:
+    """Whether ``model`` is a :class:`TransducerStudent` (or one wrapped the same way): its prediction layer is the
+    joiner, it decodes with :meth:`TransducerStudent.greedy` and has no CTC logits to read."""
+    return isinstance(model, TransducerStudent)
+
+
 def transducer_student(vocab_size: int, **conf) -> TransducerStudent:
     """Factory: ``transducer_student(30, frontend="fbank", d_model=144, num_layers=6, chunk_size=12)``."""
     return TransducerStudent(vocab_size, **conf)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..students.model import StreamingStudent
+from ..students.transducer import is_transducer
 from .base import Teacher, TeacherOutput
 
 
@@ -27,7 +28,7 @@ class StudentTeacher(Teacher):
         self.num_layers = student.encoder.num_layers
         self.hidden_size = student.encoder.d_model
         self.vocab_size = student.ctc.out_features if student.ctc is not None else None
-        self.is_transducer = hasattr(student, "joiner")
+        self.is_transducer = is_transducer(student)
         if self.is_transducer:
             self.vocab_size, self.blank_id = student.vocab_size, student.blank
         self.frame_shift_ms = student.frame_shift_ms
