@@ -351,10 +351,13 @@ def write_report(out: Path, results_dir: Path, cfg: BenchConfig, command: str, s
              f"unlimited left context, no look-ahead), 40 ms frames, CTC over the teacher's letters), {cfg.student_steps} steps "
              f"each, batches of <= {cfg.student_batch_s:g} s, AdamW lr {cfg.student_lr:g} (warm-up {cfg.student_warmup}, "
              f"cosine), seed {cfg.seed}: identical data order, steps, optimiser and initialisation for KD and from-scratch; "
-             f"every KD method also keeps the CTC loss (weight 1). Layer map teacher:student `{cfg.layer_map}`; two-stage "
-             f"stage 2 `{cfg.stage2_layer_map}` from the stage-1 student (online `StudentTeacher`), initialised from it: the "
-             f"two-stage row has had 2 x {cfg.student_steps} student steps, the convergence check {cfg.convergence_factor} x, "
-             f"every other row {cfg.student_steps}."
+             f"every KD method also keeps the CTC loss (weight 1). Layer map teacher:student `{cfg.layer_map}`."
+             + (f" Two-stage: stage 2 `{cfg.stage2_layer_map}` from the stage-1 student (online `StudentTeacher`), "
+                f"initialised from it: the two-stage row has had 2 x {cfg.student_steps} student steps, every other row "
+                f"{cfg.student_steps}." if cfg.suite == "methods" else "")
+             + (f" The convergence check has {cfg.convergence_factor} x {cfg.student_steps} steps. The low-resource layer "
+                "KD student is paired: each step is exactly the from-scratch student's labelled batch plus as much "
+                "unlabelled audio, which only the KD loss reads." if cfg.suite == "main" else "")
              + (" Rows named after a shape preset (`kd_core.students.presets`) train that shape instead, with layer map "
                 "`auto` (student layers at 1/3, 2/3, 3/3 of its depth); the HuBERT-discriminative row distils the pre-trained "
                 "`zoo/hubert_mini` (its codebook and its own cached layers); front-end KD stage A trains without CTC."

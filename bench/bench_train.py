@@ -139,8 +139,9 @@ def kd_conf(layer_map: str) -> Dict:
 def method_jobs(cfg: BenchConfig) -> List[Dict]:
     """The methods suite, all at the method chunk with the budget of layer KD: the references (layer KD and from
     scratch, the main student), layer KD into every shape preset of ``PRESET_ROWS`` (``layer_map auto``), the HuBERT
-    discriminative loss (pre-trained codebook teacher) and front-end KD (stage A regresses teacher layer 0 without
-    an ASR loss, stage B is layer KD from it)."""
+    discriminative loss (pre-trained codebook teacher), front-end KD (stage A regresses teacher layer 0 without
+    an ASR loss, stage B is layer KD from it), aux + APC, LF-MMI, and two-stage (DistillW2V2: a non-streaming LF-MMI
+    student, then the streaming student initialised from it and taught by it)."""
     tag = f"{cfg.method_chunk_ms}ms"
     ref = dict(chunk_ms=cfg.method_chunk_ms, depends=[])
     jobs = [{"name": f"scratch_{tag}", "method": "from scratch", "kd": None, "teacher": None, **ref},
@@ -153,6 +154,12 @@ def method_jobs(cfg: BenchConfig) -> List[Dict]:
               "teacher": "cache", "layer_map": "0:0", "ctc_weight": 0.0, **ref},
              {"name": f"frontend_kd_{tag}", "method": "front-end KD, stage B (layer KD from stage A)", "kd": "layerwise",
               "teacher": "cache", "init": "frontend_a", **ref, "depends": ["frontend_a"]}]
+    jobs += [{"name": f"aux_apc_{tag}", "method": "aux + APC", "kd": "aux_apc", "teacher": "cache", **ref},
+             {"name": f"lfmmi_{tag}", "method": "LF-MMI (DistillW2V2)", "kd": "lfmmi", "teacher": "cache", **ref},
+             {"name": "twostage1_full", "method": "two-stage, stage 1 (LF-MMI, non-streaming)", "chunk_ms": 0,
+              "kd": "lfmmi", "teacher": "cache", "depends": []},
+             {"name": f"twostage2_{tag}", "method": "two-stage, stage 2 (LF-MMI from stage 1)", "kd": "lfmmi",
+              "teacher": "student:twostage1_full", "init": "twostage1_full", **ref, "depends": ["twostage1_full"]}]
     return jobs
 
 
@@ -191,10 +198,11 @@ def rnnt_jobs(cfg: BenchConfig) -> List[Dict]:
 def student_jobs(cfg: BenchConfig) -> List[Dict]:
     """Every student of the benchmark, in the order they are trained (``depends``: trained before).
 
-    Equal labels: layer KD and from scratch at every chunk of ``cfg.chunks_ms``; aux+APC, LF-MMI and two-stage at the
-    method chunk. Low resource (``labels``): transcripts for ``cfg.lowres_fraction`` of the training set; layer KD also
-    reads the rest as audio (teacher targets), from scratch cannot. Convergence check (``steps_factor``): the scratch
-    student at the method chunk trained ``cfg.convergence_factor`` times longer."""
+    Main suite (KD vs scratch), equal labels: layer KD and from scratch at every chunk of ``cfg.chunks_ms``. Low
+    resource (``labels``): transcripts for ``cfg.lowres_fraction`` of the training set; layer KD also reads the rest as
+    audio (teacher targets; ``paired`` batches, so it sees exactly the scratch student's labelled batches), from
+    scratch cannot. Convergence check (``steps_factor``): the scratch student at the method chunk trained
+    ``cfg.convergence_factor`` times longer. The other methods are in the methods suite (:func:`method_jobs`)."""
     if cfg.suite == "methods":
         return method_jobs(cfg)
     if cfg.suite == "rnnt":
@@ -204,27 +212,21 @@ def student_jobs(cfg: BenchConfig) -> List[Dict]:
         return f"{ms}ms" if ms else "full"
 
     m = cfg.method_chunk_ms
-    jobs = [{"name": "twostage1_full", "method": "two-stage, stage 1 (LF-MMI, non-streaming)", "chunk_ms": 0,
-             "kd": "lfmmi", "teacher": "cache", "depends": []}]
+    pct = f"{100 * cfg.lowres_fraction:g} % labels"
+    # the longest job first: two workers then finish together
+    jobs = [{"name": f"scratch_{tag(m)}_x{cfg.convergence_factor}", "method": f"from scratch, {cfg.convergence_factor}x "
+             "steps (convergence check)", "chunk_ms": m, "kd": None, "teacher": None, "steps_factor": cfg.convergence_factor,
+             "depends": []}]
     for ms in cfg.chunks_ms:
         jobs.append({"name": f"layer_kd_{tag(ms)}", "method": "layer KD", "chunk_ms": ms, "kd": "layerwise",
                      "teacher": "cache", "depends": []})
         jobs.append({"name": f"scratch_{tag(ms)}", "method": "from scratch", "chunk_ms": ms, "kd": None,
                      "teacher": None, "depends": []})
-    pct = f"{100 * cfg.lowres_fraction:g} % labels"
-    jobs += [{"name": f"scratch_{tag(m)}_x{cfg.convergence_factor}", "method": f"from scratch, {cfg.convergence_factor}x steps "
-              "(convergence check)", "chunk_ms": m, "kd": None, "teacher": None, "steps_factor": cfg.convergence_factor,
-              "depends": []},
-             {"name": f"lowres_layer_kd_{tag(m)}", "method": f"layer KD, {pct} + the rest as audio", "chunk_ms": m,
-              "kd": "layerwise", "teacher": "cache", "labels": cfg.lowres_fraction, "depends": []},
+    # low resource: KD is paired (job_batches): the scratch student's labelled batches + as much audio only KD reads
+    jobs += [{"name": f"lowres_layer_kd_{tag(m)}", "method": f"layer KD, {pct} + the rest as audio", "chunk_ms": m,
+              "kd": "layerwise", "teacher": "cache", "labels": cfg.lowres_fraction, "paired": True, "depends": []},
              {"name": f"lowres_scratch_{tag(m)}", "method": f"from scratch, {pct}", "chunk_ms": m, "kd": None,
-              "teacher": None, "labels": cfg.lowres_fraction, "depends": []},
-             {"name": f"aux_apc_{tag(m)}", "method": "aux + APC", "chunk_ms": m, "kd": "aux_apc", "teacher": "cache",
-              "depends": []},
-             {"name": f"lfmmi_{tag(m)}", "method": "LF-MMI (DistillW2V2)", "chunk_ms": m, "kd": "lfmmi", "teacher": "cache",
-              "depends": []},
-             {"name": f"twostage2_{tag(m)}", "method": "two-stage (LF-MMI)", "chunk_ms": m, "kd": "lfmmi",
-              "teacher": "student:twostage1_full", "init": "twostage1_full", "depends": ["twostage1_full"]}]
+              "teacher": None, "labels": cfg.lowres_fraction, "depends": []}]
     return jobs
 
 
@@ -328,7 +330,7 @@ def training_data(out: Path, cfg: BenchConfig, job: Dict, tok: CharTokenizer):
 
 
 def job_batches(train: Sequence[Utt], labelled, job: Dict, cfg: BenchConfig):
-    """The job's batches (index lists into ``train``). ``paired`` jobs (the rnnt suite's soft targets) draw each step's
+    """The job's batches (index lists into ``train``). ``paired`` jobs (soft-target KD with scarce labels) draw each step's
     labelled batch exactly as the from-scratch student does (same utterances, order and seed) and add an unlabelled
     batch of the same duration that only the KD term reads, so both see the same supervised data."""
     if not job.get("paired") or labelled is None:

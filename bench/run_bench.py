@@ -7,8 +7,8 @@ resumes, mid-training included, from partial checkpoints):
 2. ``teacher``: the zoo teacher (``zoo/hubert_mini_ctc``, fairseq): parameters, shape and sha256 (not trained here);
 3. ``teacher_eval``: its WER on synthetic valid/test and FSDD test;
 4. ``cache``: the teacher's targets (mapped layers + CTC logits, fp16) for the whole training set;
-5. ``students``: every student (layer KD and from scratch at 480/160 ms and full context; aux+APC, LF-MMI,
-   two-stage at 480 ms; the low-resource pair and the convergence check at 480 ms), two at a time in worker
+5. ``students``: every student of the suite (main: layer KD and from scratch at 480/160 ms and full context,
+   the low-resource pair and the convergence check at 480 ms; methods: the other methods), two at a time in worker
    processes with one thread each, KD targets read from the cache; each is scored (WER) when trained (the rnnt
    suite's hard-target students first get their teacher's 1-best, kept in ``<out>/pseudo``);
 6. ``measure``: one process, one thread: parameters, RTF, streaming latency, training-step cost, LF-MMI vs CTC;
