@@ -9,7 +9,7 @@ RECIPE := egs2/kd_synth/asr1
 install:
 	bash tools/install.sh
 
-# ESPnet recipe: synthetic corpus + FSDD -> conformer teacher -> KD streaming student -> exp/RESULTS.md
+# ESPnet recipe: synthetic corpus + FSDD -> the zoo's HuBERT CTC teacher -> KD and scratch streaming students -> exp/RESULTS.md
 demo: install
 	cd $(RECIPE) && PATH=$(CURDIR)/.venv/bin:$$PATH ./run.sh --python python
 	@cat $(RECIPE)/exp/RESULTS.md
@@ -22,7 +22,8 @@ test-fast: install
 
 # Teacher vs distilled streaming students (WER x latency x size x speed): bench/results/summary.md + PNGs.
 # Resumable by stage (re-running skips finished stages/models); <= 150 min on 2 CPU cores, bench-quick ~10 min.
-# bench-methods: HuBERT-disc, front-end KD, SEW and the shape presets (bench/results/methods/summary.md);
+# bench-methods: aux+APC, LF-MMI, two-stage, HuBERT-disc, front-end KD, SEW and the shape presets
+# (bench/results/methods/summary.md);
 # bench-rnnt: transducer students, soft vs hard targets (bench/results/rnnt/summary.md).
 bench: install
 	bash bench/run.sh

@@ -4,13 +4,17 @@ unlabelled audio with fairseq's own task and criterion, then CTC fine-tuning on 
 
     python -m tools.build_zoo hubert_mini       # data -> MFCC k-means -> fairseq-hydra-train pre-training -> zoo/hubert_mini/
     python -m tools.build_zoo hubert_mini_ctc   # fine-tuning from zoo/hubert_mini -> test WER -> zoo/hubert_mini_ctc/
+    python -m tools.build_zoo hubert_mini --more-updates 4000   # continue the shipped model (any machine), N more
     python -m tools.build_zoo status
 
 Options: ``--work exp/zoo`` (corpora, labels, fairseq runs), ``--threads 1`` (torch threads of the
 training), ``--fsdd-dir ../shared/data/fsdd``. Every step is resumable: finished steps are skipped
 (``<work>/stamps/``), the corpora reuse finished wavs, and fairseq resumes from ``checkpoint_last.pt``
-(saved every 200 updates, a few CPU minutes), so a killed build continues where it stopped when the same
-command is run again. Progress and ETA come from fairseq's own log. Not part of CI (CPU hours).
+(saved every 50 updates, a few CPU minutes), so a killed build continues where it stopped when the same
+command is run again. ``exp/`` does not travel between machines; the shipped weights and their history
+(``zoo/hubert_mini/history.json``) do: ``--more-updates N`` continues pre-training from them (fresh optimizer), and
+each finished continuation is one more run in the history and on the card. Progress and ETA come from fairseq's own
+log. Not part of CI (CPU hours).
 
 Data (``<work>/corpus``): a labelled set (closed 3,000-word WordNet vocabulary, 24 training voices, plus
 FSDD train), an unlabelled pool ~5x larger (any WordNet sentence except held-out ones, noise, reverberation
@@ -35,9 +39,9 @@ import numpy as np
 from kd_core.atomic import atomic_torch_save, atomic_write, atomic_write_text
 from kd_core.errors import require
 from tools import make_corpus
+from tools.zoo_cards import ZOO, data_lines, hubert_mini_card, hubert_mini_ctc_card, read_history, record_run, write_card
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT / "zoo"
 CONF = ROOT / "conf/fairseq/zoo"
 log = logging.getLogger("build_zoo")
 
@@ -252,133 +256,48 @@ def pack(src: Path, dst: Path, model_name: str = "", pretrained: Optional[Path] 
     return hashlib.sha256(dst.read_bytes()).hexdigest()
 
 
-def learning_curve(log: Path, keys: Sequence[str]) -> List[Dict[str, str]]:
-    """fairseq's ``[valid]`` json lines of ``log``: update + the named values, one dict per validation."""
-    rows = []
-    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        if "][valid][" in line:
-            rec = json.loads(line[line.index("{"):])
-            rows.append({"update": rec.get("valid_num_updates", "?"), **{k: rec.get(f"valid_{k}", "?") for k in keys}})
-    return rows
+def _data(work: Path) -> List[str]:
+    return data_lines(json.loads(_stamp(work, "data").read_text()), LABELLED, POOL)
 
 
-def train_hours(log: Path) -> float:
-    """Training wall time in hours: the sum of fairseq's per-interval ``train_wall`` over every (re)start."""
-    total = 0.0
-    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        if "][train_inner][" in line:
-            total += float(json.loads(line[line.index("{"):]).get("train_wall", 0))
-    return total / 3600
+def build_hubert_mini(work: Path, threads: int, fsdd_dir: str, more: int = 0) -> None:
+    """Pre-train ``hubert_mini`` from random initialisation, or (``more`` > 0) continue the shipped one for ``more``
+    updates: fairseq's ``finetune_from_model`` starts from a snapshot of the shipped weights (fresh Adam, warm-up and
+    decay over ``more`` updates) on the first launch and resumes from ``checkpoint_last.pt`` after; the run is added
+    to ``zoo/hubert_mini/history.json``. This is how pre-training grows across machines (``exp/`` is not kept)."""
+    import hashlib
+    import shutil
 
+    import yaml
 
-def write_card(name: str, text: str) -> None:
-    atomic_write_text(ZOO / name / "CARD.md", text)
-
-
-def _data_lines(work: Path) -> List[str]:
-    d = json.loads(_stamp(work, "data").read_text())
-    h, n = d["hours"], d["utterances"]
-    return [f"- Unlabelled pool (pre-training): {n['pretrain_train']} utterances, {h['pretrain_train']} h = synthetic pool "
-            f"(espeak-ng + sox, {POOL['num_train']} utterances, any WordNet example sentence except held-out ones, 24 "
-            f"training voices, white noise at {POOL['noise_snr_db'].replace(':', '-')} dB SNR, sox reverberation on about half, speed "
-            f"perturbation 0.9/1.0/1.1) + the labelled set's audio + FSDD train (CC BY-SA 4.0).",
-            f"- Labelled set (fine-tuning): {n['finetune_train']} utterances, {h['finetune_train']} h = {LABELLED['num_train']} "
-            f"synthetic utterances (closed {LABELLED['vocab_size']}-word WordNet vocabulary, seed {LABELLED['seed']}) + FSDD "
-            f"train (2,700 real recordings, 6 speakers, ten digits).",
-            f"- Model selection: {n['finetune_valid']} synthetic utterances of training voices (held-out sentences).",
-            f"- Test sets, never used for training or selection: `test_synth` {n['test_synth']} utterances of 9 voices whose "
-            f"accent and variant training never uses, held-out sentences; `test_fsdd` {n['test_fsdd']} FSDD test recordings "
-            "(official split, seen speakers).",
-            "- Rebuild the data alone: `python -m tools.build_zoo data` (deterministic by seed)."]
-
-
-def hubert_mini_card(work: Path, sha: str) -> str:
-    import torch
-
-    run = work / "runs/hubert_mini"
-    state = torch.load(ZOO / "hubert_mini/hubert_mini.pt", map_location="cpu", weights_only=False)
-    params = sum(v.numel() for v in state["model"].values())
-    updates = state["optimizer_history"][-1]["num_updates"]
-    curve = learning_curve(run / "train.log", ["loss", "correct_m_0"])
-    lines = ["# hubert_mini", "",
-             "HuBERT Base scaled down, pre-trained (iteration 1) with fairseq's own `hubert_pretraining` task and `hubert`",
-             "criterion through `fairseq-hydra-train` (`conf/fairseq/zoo/hubert_mini_pretrain.yaml`). Keeps the pre-training",
-             "head: `final_proj` (320 -> 128) and the codebook `label_embs_concat` (100 k-means classes + 4 specials), which the",
-             "HuBERT discriminative loss reads. Not a recogniser: `hubert_mini_ctc` is its CTC fine-tuning.", "",
-             "| | |", "|---|---|",
-             "| shape | 7-layer waveform CNN (128 channels, 20 ms frames), 8 x 320 post-LN transformer, FFN 1280, 5 heads |",
-             f"| parameters | {params / 1e6:.2f}M (with the pre-training head) |",
-             f"| targets | k-means (K = 100, scikit-learn MiniBatchKMeans) over 39-dim MFCC (+ deltas) at 100 Hz of a 10 % "
-             "sample of the pool; centroids `kmeans_mfcc_k100.npy` |",
-             f"| updates | {updates} (20 s of audio each, lr 3e-4, polynomial decay) |",
-             f"| CPU time | {train_hours(run / 'train.log'):.2f} h on one thread (plus the abandoned lr 1e-3 run, below) |",
-             "| storage | fp16 weights, no optimizer state |",
-             f"| sha256 | `{sha}` |",
-             "| command | `python -m tools.build_zoo hubert_mini` |", "",
-             "## Data", ""] + _data_lines(work) + [
-             "", "## Learning curve (valid: masked-prediction loss in bits, accuracy)", "",
-             "| update | loss | accuracy |", "|---|---|---|"] + [
-             f"| {r['update']} | {r['loss']} | {r['correct_m_0']} |" for r in curve] + [
-             "", "K = 100: HuBERT's own iteration-1 choice, roughly 40 English phones x a few acoustic states; a larger K",
-             "would leave many clusters with few frames in a 13 h pool. No second iteration (k-means on its own",
-             "features): the CPU budget went to the first.", ""]
-    old = work / "runs/hubert_mini_lr1e-3/train.log"
-    if old.is_file():
-        oc = learning_curve(old, ["loss", "correct_m_0"])
-        lines += ["## What did not work", "",
-                  f"A first run at lr 1e-3 collapsed once its warm-up passed ~7e-4: valid accuracy rose to "
-                  f"{max(float(r['correct_m_0']) for r in oc):.3f} by update 250, then fell to "
-                  f"{float(oc[-1]['correct_m_0']):.4f} by update {oc[-1]['update']} (valid loss back above chance). This run "
-                  "restarted from its best checkpoint (update 200) at lr 3e-4.", ""]
-    return "\n".join(lines)
-
-
-def hubert_mini_ctc_card(work: Path, sha: str, res: Dict) -> str:
-    import torch
-
-    from tools.zoo_baseline import bar_lines
-
-    run = work / "runs/hubert_mini_ctc"
-    state = torch.load(ZOO / "hubert_mini_ctc/hubert_mini_ctc.pt", map_location="cpu", weights_only=False)
-    params = sum(v.numel() for v in state["model"].values())
-    cfg = state["cfg"]
-    curve = learning_curve(run / "train.log", ["loss", "uer", "wer"])
-    lines = ["# hubert_mini_ctc", "",
-             "`hubert_mini` fine-tuned for character CTC with fairseq's own path: `hubert_pretraining` task in fine-tuning",
-             "mode, fairseq's `HubertCtc` (registered buildable as `kd_hubert_ctc`: fairseq issue #4916) and the `ctc`",
-             "criterion (`conf/fairseq/zoo/hubert_mini_ctc.yaml`); shipped under fairseq's own name `hubert_ctc` with the",
-             "pre-training config in `w2v_args` (self-contained), fp16, no optimizer state. `dict.ltr.txt` is its output",
-             "alphabet (after fairseq's 4 specials; blank = `<s>`).", "",
-             "| | |", "|---|---|",
-             f"| parameters | {params / 1e6:.2f}M |",
-             f"| updates | {cfg['optimization']['max_update']} (20 s of audio each, lr {cfg['optimization']['lr'][0]}, tri-stage; "
-             f"encoder frozen for the first {cfg['model']['freeze_finetune_updates']}) |",
-             f"| CPU time | {train_hours(run / 'train.log'):.2f} h on one thread |",
-             f"| selected | best valid WER (`checkpoint_best.pt`) |",
-             f"| sha256 | `{sha}` |",
-             "| command | `python -m tools.build_zoo hubert_mini_ctc` |", "",
-             "## WER (greedy CTC, `tools/zoo_eval.py` through `load_teacher(\"fairseq\", ...)`, jiwer)", "",
-             "| set | utterances | WER % | CER % |", "|---|---|---|---|"] + [
-             f"| {k} | {v['utterances']} | {v['wer']} | {v['cer']} |" for k, v in res.items()] + [
-             "", "## Data", ""] + _data_lines(work) + [
-             "", "## Quality bar: against the best from-scratch student of at most 1/12 the parameters", ""] + bar_lines(
-             run / "train.log", work / "runs/scratch_s12/train.log", params / 1e6) + [
-             "", "![valid UER and WER of the teacher and the scratch student](learning_curve.png)", "",
-             "## Learning curve (valid, fairseq's own greedy decoding)", "", "| update | loss | UER % | WER % |",
-             "|---|---|---|---|"] + [f"| {r['update']} | {r['loss']} | {r['uer']} | {r['wer']} |" for r in curve] + [""]
-    return "\n".join(lines)
-
-
-def build_hubert_mini(work: Path, threads: int, fsdd_dir: str) -> None:
     make_data(work, fsdd_dir)
     make_kmeans_labels(work)
-    run = work / "runs/hubert_mini"
-    if not _done(work, "hubert_mini_train"):
-        pre = work / "pretrain"
-        fairseq_train("hubert_mini_pretrain", [f"task.data={pre}", f"task.label_dir={pre}"], run, threads)
-        _mark(work, "hubert_mini_train", {"save_dir": str(run)})
-    sha = pack(run / "checkpoint_last.pt", ZOO / "hubert_mini/hubert_mini.pt")
-    write_card("hubert_mini", hubert_mini_card(work, sha))
+    pre, shipped = work / "pretrain", ZOO / "hubert_mini/hubert_mini.pt"
+    conf = yaml.safe_load((CONF / "hubert_mini_pretrain.yaml").read_text())
+    lr, overrides, start = conf["optimization"]["lr"][0], [f"task.data={pre}", f"task.label_dir={pre}"], None
+    updates = conf["optimization"]["max_update"]
+    if more:  # keyed by the weights it starts from: a killed run resumes; a finished one changed them, so N more
+        require(shipped.is_file(), f"{shipped} not found: --more-updates continues the shipped model; build it first: "
+                "python -m tools.build_zoo hubert_mini")
+        start, updates = hashlib.sha256(shipped.read_bytes()).hexdigest(), more
+        run, step = work / f"runs/hubert_mini_more_{start[:12]}", f"hubert_mini_more_{start[:12]}"
+        snap = run / "start.pt"
+        if not snap.is_file():
+            run.mkdir(parents=True, exist_ok=True)
+            atomic_write(snap, lambda tmp: shutil.copyfile(shipped, tmp))
+        # another data order than the runs before (each restarts at epoch 1 of the same pool)
+        seed = conf["common"]["seed"] + len(read_history("hubert_mini")["runs"])
+        overrides += [f"checkpoint.finetune_from_model={snap}", f"optimization.max_update={more}", f"common.seed={seed}",
+                      f"lr_scheduler.warmup_updates={max(1, more * 8 // 100)}"]  # 8 % of the run, as the first one
+    else:
+        run, step = work / "runs/hubert_mini", "hubert_mini_train"
+    if not _done(work, step):
+        fairseq_train("hubert_mini_pretrain", overrides, run, threads)
+        _mark(work, step, {"save_dir": str(run), "start": start, "updates": updates})
+    # the history first: a kill between the two leaves the shipped weights (the key) unchanged, so a re-run only packs
+    record_run("hubert_mini", run.name, run / "train.log", start, updates, lr)
+    sha = pack(run / "checkpoint_last.pt", shipped)
+    write_card("hubert_mini", hubert_mini_card(_data(work), sha))
     log.info("zoo/hubert_mini/hubert_mini.pt sha256 %s", sha)
 
 
@@ -402,8 +321,14 @@ def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
     atomic_write_text(work / "hubert_mini_ctc_eval.json", json.dumps(res, indent=1) + "\n")  # with every hypothesis
     from tools.zoo_baseline import plot_curves
 
+    import torch
+
+    from tools.zoo_baseline import bar_lines
+
+    params = sum(p.numel() for p in torch.load(out / "hubert_mini_ctc.pt", weights_only=False)["model"].values()) / 1e6
     plot_curves(run / "train.log", work / "runs/scratch_s12/train.log", out / "learning_curve.png")
-    write_card("hubert_mini_ctc", hubert_mini_ctc_card(work, sha, res))
+    bar = bar_lines(run / "train.log", work / "runs/scratch_s12/train.log", params)
+    write_card("hubert_mini_ctc", hubert_mini_ctc_card(_data(work), sha, res, run / "train.log", bar))
     log.info("hubert_mini_ctc WER: %s", {k: v["wer"] for k, v in res.items()})
 
 
@@ -420,7 +345,8 @@ def build_scratch_baseline(work: Path, threads: int, fsdd_dir: str) -> None:
 def status(work: Path) -> None:
     for step in ("data", "kmeans", "hubert_mini_train", "hubert_mini_ctc_train"):
         print(f"{step:24s} {'done' if _done(work, step) else 'not done'}")
-    for name in ("hubert_mini", "hubert_mini_ctc"):
+    more = sorted(p.name for p in (work / "runs").glob("hubert_mini_more_*"))
+    for name in ["hubert_mini", *more, "hubert_mini_ctc"]:
         ckpt = work / "runs" / name / "checkpoint_last.pt"
         lines = (work / "runs" / name / "train.log").read_text().splitlines() if (work / "runs" / name / "train.log").is_file() else []
         upd = [int(m.group(1)) for m in map(_UPD.search, lines) if m]
@@ -432,6 +358,8 @@ def main(argv=None) -> None:
     p.add_argument("model", choices=["hubert_mini", "hubert_mini_ctc", "scratch_s12", "data", "status"])
     p.add_argument("--work", default=str(ROOT / "exp/zoo"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--more-updates", type=int, default=0, help="hubert_mini: continue the shipped model for this many "
+                   "updates (fresh optimizer; resumable; added to zoo/hubert_mini/history.json)")
     p.add_argument("--fsdd-dir", default=str(ROOT.parent / "shared/data/fsdd"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -442,7 +370,7 @@ def main(argv=None) -> None:
         make_data(work, a.fsdd_dir)
         make_kmeans_labels(work)
     elif a.model == "hubert_mini":
-        build_hubert_mini(work, a.threads, a.fsdd_dir)
+        build_hubert_mini(work, a.threads, a.fsdd_dir, a.more_updates)
     elif a.model == "scratch_s12":
         build_scratch_baseline(work, a.threads, a.fsdd_dir)
     else:

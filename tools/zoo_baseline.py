@@ -18,7 +18,7 @@ SCRATCH_OVERRIDES = ["+method=scratch", "+size=s12_deep", "model.chunk_size=0", 
 
 def valid_curve(log: Path) -> List[Dict[str, float]]:
     """``[{"update", "uer", "wer"}]`` from fairseq's ``[valid]`` json lines (teachers and students alike)."""
-    from tools.build_zoo import learning_curve
+    from tools.zoo_cards import learning_curve
 
     return [{k: float(v) for k, v in r.items()} for r in learning_curve(log, ["uer", "wer"]) if r["wer"] != "?"]
 

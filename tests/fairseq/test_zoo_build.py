@@ -14,7 +14,7 @@ TINY_MODEL = ["model.encoder_layers=2", "model.encoder_embed_dim=64", "model.enc
               "model.conv_feature_layers='[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2'"]
 
 
-def test_zoo_pipeline_pretrain_finetune_pack_load(fairseq_data, tmp_path):
+def test_zoo_pipeline_pretrain_finetune_pack_load(fairseq_data, tmp_path, monkeypatch):
     from tools import build_zoo, zoo_eval
     from fairseq import checkpoint_utils
     from fairseq.models.hubert.hubert_asr import HubertCtc
@@ -49,6 +49,27 @@ def test_zoo_pipeline_pretrain_finetune_pack_load(fairseq_data, tmp_path):
     pretrained = load_teacher("fairseq", str(base))
     assert pretrained.w2v.final_proj.out_features == 32 and pretrained.w2v.label_embs_concat.shape == (8 + 4, 32)
     assert all(p.dtype == torch.float16 for p in torch.load(base, weights_only=False)["model"].values() if p.is_floating_point())
+
+    # more pre-training on a machine without the run (exp/ does not travel): fairseq's finetune_from_model starts from
+    # the shipped weights with a fresh optimizer (update counter from 0), and the run joins the model's history
+    from tools import zoo_cards
+
+    more = tmp_path / "runs/more"
+    args = [f"task.data={pre}", f"task.label_dir={pre}", *TINY_MODEL, f"checkpoint.finetune_from_model={base}"]
+    build_zoo.fairseq_train("hubert_mini_pretrain", [*args, "optimization.max_update=2"], more, threads=1)
+    log = (more / "train.log").read_text()
+    assert f"loading pretrained model from {base}" in log and "num_updates: 2 >= max_update: 2" in log
+    monkeypatch.setattr(zoo_cards, "ZOO", tmp_path / "zoo")
+    (tmp_path / "zoo/hubert_mini").mkdir(parents=True)
+    shutil.copy(base, tmp_path / "zoo/hubert_mini/hubert_mini.pt")
+    zoo_cards.record_run("hubert_mini", "hubert", run / "train.log", None, 4, 3e-4)
+    for _ in range(2):  # recording a run again replaces its record
+        hist = zoo_cards.record_run("hubert_mini", "more", more / "train.log", "ab" * 32, 2, 3e-4)
+    assert [(r["run"], r["updates"]) for r in hist["runs"]] == [("hubert", 4), ("more", 2)]
+    card = zoo_cards.hubert_mini_card(["- data"], "cd" * 32)
+    assert "| updates | 6 (" in card and "| more | 2 | update 4 (sha256 `abababababab...`)" in card
+    hist = zoo_cards.record_run("hubert_mini", "hubert", run / "train.log", None, 4, 3e-4)  # from scratch: a new history
+    assert [r["run"] for r in hist["runs"]] == ["hubert"]
 
     run_ft = tmp_path / "runs/ctc"
     build_zoo.fairseq_train("hubert_mini_ctc", [f"task.data={ft}", f"task.label_dir={ft}", f"model.w2v_path={base}",
