@@ -28,8 +28,9 @@ SUITES = ("main", "methods", "rnnt")
 PRESET_ROWS = ("s12_deep", "s12_sew", "s8_wide", "s4_wide")
 #: the rnnt suite's transducer teacher: this shape preset, non-streaming, trained on every label
 RNNT_TEACHER_SHAPE = "s4_wide"
-#: student steps of the full run per suite: the main suite's comparisons are made at convergence (doubling 2,400 steps
-#: still changed valid WER by 15 % relative); the methods suite compares methods at an equal, smaller budget
+#: student steps of the full run per suite: the main suite's KD-vs-scratch comparisons nearer convergence (doubling
+#: 2,400 steps changed the scratch student's valid WER by -15 % relative, doubling 4,800 by -9.6 %: more does not fit
+#: the 150 min budget); the methods suite compares methods at an equal, smaller budget
 FULL_STEPS = {"main": 4800, "methods": 2400}
 #: transformer layers of the zoo teacher (the ``auto`` layer maps of the preset rows pair with them)
 TEACHER_LAYERS = 8

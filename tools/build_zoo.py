@@ -288,7 +288,8 @@ def build_hubert_mini(work: Path, threads: int, fsdd_dir: str, more: int = 0) ->
         # another data order than the runs before (each restarts at epoch 1 of the same pool)
         seed = conf["common"]["seed"] + len(read_history("hubert_mini")["runs"])
         overrides += [f"checkpoint.finetune_from_model={snap}", f"optimization.max_update={more}", f"common.seed={seed}",
-                      f"lr_scheduler.warmup_updates={max(1, more * 8 // 100)}"]  # 8 % of the run, as the first one
+                      f"lr_scheduler.warmup_updates={max(1, more * 8 // 100)}",  # 8 % of the run, as the first one
+                      "task.min_sample_size=8000"]  # no clip short enough to come out fully masked (see the config)
     else:
         run, step = work / "runs/hubert_mini", "hubert_mini_train"
     if not _done(work, step):
