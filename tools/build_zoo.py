@@ -320,11 +320,9 @@ def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
     res = evaluate_ctc_teacher(out / "hubert_mini_ctc.pt", out, {s: ft / f"{s}.tsv" for s in ("test_synth", "test_fsdd", "valid")},
                                threads=threads)
     atomic_write_text(work / "hubert_mini_ctc_eval.json", json.dumps(res, indent=1) + "\n")  # with every hypothesis
-    from tools.zoo_baseline import plot_curves
-
     import torch
 
-    from tools.zoo_baseline import bar_lines
+    from tools.zoo_baseline import bar_lines, plot_curves
 
     params = sum(p.numel() for p in torch.load(out / "hubert_mini_ctc.pt", weights_only=False)["model"].values()) / 1e6
     plot_curves(run / "train.log", work / "runs/scratch_s12/train.log", out / "learning_curve.png")
