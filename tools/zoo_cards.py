@@ -118,9 +118,12 @@ def hubert_mini_card(data: List[str], sha: str) -> str:
     return "\n".join(lines)
 
 
-def hubert_mini_ctc_card(data: List[str], sha: str, res: Dict, log: Path, bar: List[str]) -> str:
-    """``zoo/hubert_mini_ctc/CARD.md``: the fine-tuning run's ``log``, test WERs ``res`` and quality-bar lines ``bar``."""
+def hubert_mini_ctc_card(data: List[str], sha: str, res: Dict, log: Path, scratch_log: Path) -> str:
+    """``zoo/hubert_mini_ctc/CARD.md``: the fine-tuning run's ``log``, test WERs ``res`` and the quality bar against
+    the from-scratch student of ``scratch_log``."""
     import torch
+
+    from tools.zoo_baseline import bar_lines
 
     state = torch.load(ZOO / "hubert_mini_ctc/hubert_mini_ctc.pt", map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in state["model"].values())
@@ -144,7 +147,8 @@ def hubert_mini_ctc_card(data: List[str], sha: str, res: Dict, log: Path, bar: L
              "| set | utterances | WER % | CER % |", "|---|---|---|---|"] + [
              f"| {k} | {v['utterances']} | {v['wer']} | {v['cer']} |" for k, v in res.items()] + [
              "", "## Data", ""] + data + [
-             "", "## Quality bar: against the best from-scratch student of at most 1/12 the parameters", ""] + bar + [
+             "", "## Quality bar: against the best from-scratch student of at most 1/12 the parameters", ""] + bar_lines(
+             log, scratch_log, params / 1e6) + [
              "", "![valid UER and WER of the teacher and the scratch student](learning_curve.png)", "",
              "## Learning curve (valid, fairseq's own greedy decoding)", "", "| update | loss | UER % | WER % |",
              "|---|---|---|---|"] + [f"| {r['update']} | {r['loss']} | {r['uer']} | {r['wer']} |" for r in curve] + [""]
