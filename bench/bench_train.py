@@ -58,11 +58,11 @@ def load_teacher(cfg: BenchConfig):
 
 def describe_teacher(cfg: BenchConfig) -> Dict:
     """Parameters, shape and sha256 of the teacher checkpoint (the zoo card states the same hash)."""
-    import hashlib
+    from kd_core.cache.keys import file_sha256
 
     ckpt, _ = teacher_files(cfg)
     teacher = load_teacher(cfg)
-    return {"path": cfg.teacher_path, "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+    return {"path": cfg.teacher_path, "sha256": file_sha256(str(ckpt)),
             "params": sum(p.numel() for p in teacher.parameters()), "layers": teacher.num_layers,
             "width": teacher.hidden_size, "vocab": teacher.vocab_size}
 
@@ -195,6 +195,12 @@ def rnnt_jobs(cfg: BenchConfig) -> List[Dict]:
     ]
 
 
+def expected_cost(job: Dict) -> float:
+    """A job's training time in units of one plain student's: its step factor, times ~3.5 for a paired step (the
+    labelled batch plus as much unlabelled audio; measured in the main suite's run). Workers take the longest first."""
+    return job.get("steps_factor", 1) * (3.5 if job.get("paired") else 1.0)
+
+
 def student_jobs(cfg: BenchConfig) -> List[Dict]:
     """Every student of the benchmark, in the order they are trained (``depends``: trained before).
 
@@ -213,7 +219,6 @@ def student_jobs(cfg: BenchConfig) -> List[Dict]:
 
     m = cfg.method_chunk_ms
     pct = f"{100 * cfg.lowres_fraction:g} % labels"
-    # the longest job first: two workers then finish together
     jobs = [{"name": f"scratch_{tag(m)}_x{cfg.convergence_factor}", "method": f"from scratch, {cfg.convergence_factor}x "
              "steps (convergence check)", "chunk_ms": m, "kd": None, "teacher": None, "steps_factor": cfg.convergence_factor,
              "depends": []}]

@@ -138,10 +138,10 @@ def _exit_with_parent(parent: int) -> None:
 
 def run_students(out: Path, cfg: BenchConfig):
     """Train and score every student, ``cfg.jobs`` at a time in spawned worker processes (1 thread each)."""
-    from .bench_train import run_student_job, student_jobs
+    from .bench_train import expected_cost, run_student_job, student_jobs
 
     jobs = student_jobs(cfg)
-    pending, running, done = list(jobs), {}, {}
+    pending, running, done = sorted(jobs, key=lambda j: -expected_cost(j)), {}, {}  # longest first; stable otherwise
     (out / "logs").mkdir(exist_ok=True)
     (out / "scores").mkdir(exist_ok=True)
     with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,

@@ -5,6 +5,7 @@ unlabelled audio with fairseq's own task and criterion, then CTC fine-tuning on 
     python -m tools.build_zoo hubert_mini       # data -> MFCC k-means -> fairseq-hydra-train pre-training -> zoo/hubert_mini/
     python -m tools.build_zoo hubert_mini_ctc   # fine-tuning from zoo/hubert_mini -> test WER -> zoo/hubert_mini_ctc/
     python -m tools.build_zoo hubert_mini --more-updates 4000   # continue the shipped model (any machine), N more
+    python -m tools.build_zoo scratch_s12       # the quality bar's from-scratch student (tools/zoo_baseline.py)
     python -m tools.build_zoo status
 
 Options: ``--work exp/zoo`` (corpora, labels, fairseq runs), ``--threads 1`` (torch threads of the
@@ -37,9 +38,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kd_core.atomic import atomic_torch_save, atomic_write, atomic_write_text
+from kd_core.cache.keys import file_sha256
 from kd_core.errors import require
 from tools import make_corpus
-from tools.zoo_cards import ZOO, data_lines, hubert_mini_card, hubert_mini_ctc_card, read_history, record_run, write_card
+from tools.zoo_cards import (CTC_CURVE, ZOO, data_lines, hubert_mini_card, hubert_mini_ctc_card, read_history, record_run,
+                             write_card)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf/fairseq/zoo"
@@ -241,8 +244,6 @@ def pack(src: Path, dst: Path, model_name: str = "", pretrained: Optional[Path] 
     ``model_name``: the ``model._name`` to ship under (``kd_hubert_ctc`` runs are fairseq's ``hubert_ctc``);
     ``pretrained``: the checkpoint a fine-tuned model started from, whose config goes into ``model.w2v_args``
     (as in official fine-tuned checkpoints), so the shipped file never needs ``w2v_path``."""
-    import hashlib
-
     import torch
 
     state = torch.load(src, map_location="cpu", weights_only=False)
@@ -253,7 +254,7 @@ def pack(src: Path, dst: Path, model_name: str = "", pretrained: Optional[Path] 
         state["cfg"]["model"]["w2v_args"] = torch.load(pretrained, map_location="cpu", weights_only=False)["cfg"]
     state["last_optimizer_state"] = None
     atomic_torch_save(state, dst)
-    return hashlib.sha256(dst.read_bytes()).hexdigest()
+    return file_sha256(str(dst))
 
 
 def _data(work: Path) -> List[str]:
@@ -265,7 +266,6 @@ def build_hubert_mini(work: Path, threads: int, fsdd_dir: str, more: int = 0) ->
     updates: fairseq's ``finetune_from_model`` starts from a snapshot of the shipped weights (fresh Adam, warm-up and
     decay over ``more`` updates) on the first launch and resumes from ``checkpoint_last.pt`` after; the run is added
     to ``zoo/hubert_mini/history.json``. This is how pre-training grows across machines (``exp/`` is not kept)."""
-    import hashlib
     import shutil
 
     import yaml
@@ -279,7 +279,7 @@ def build_hubert_mini(work: Path, threads: int, fsdd_dir: str, more: int = 0) ->
     if more:  # keyed by the weights it starts from: a killed run resumes; a finished one changed them, so N more
         require(shipped.is_file(), f"{shipped} not found: --more-updates continues the shipped model; build it first: "
                 "python -m tools.build_zoo hubert_mini")
-        start, updates = hashlib.sha256(shipped.read_bytes()).hexdigest(), more
+        start, updates = file_sha256(str(shipped)), more
         run, step = work / f"runs/hubert_mini_more_{start[:12]}", f"hubert_mini_more_{start[:12]}"
         snap = run / "start.pt"
         if not snap.is_file():
@@ -303,14 +303,19 @@ def build_hubert_mini(work: Path, threads: int, fsdd_dir: str, more: int = 0) ->
 
 
 def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
+    """Fine-tune the shipped ``hubert_mini`` for letter CTC, pack, evaluate on the test sets and add the run to
+    ``zoo/hubert_mini_ctc/history.json``. The run is keyed by the sha256 of the ``hubert_mini`` it starts from: a killed
+    run resumes; after more pre-training the same command fine-tunes the new weights (the old runs stay in the history)."""
+    import yaml
+
     make_data(work, fsdd_dir)
     base = ZOO / "hubert_mini/hubert_mini.pt"
-    if not base.is_file():
-        sys.exit(f"build_zoo: error: {base} not found; build it first: python -m tools.build_zoo hubert_mini")
-    run, ft = work / "runs/hubert_mini_ctc", work / "finetune"
-    if not _done(work, "hubert_mini_ctc_train"):
+    require(base.is_file(), f"{base} not found; build it first: python -m tools.build_zoo hubert_mini")
+    start = file_sha256(str(base))
+    run, step, ft = work / f"runs/hubert_mini_ctc_{start[:12]}", f"hubert_mini_ctc_{start[:12]}", work / "finetune"
+    if not _done(work, step):
         fairseq_train("hubert_mini_ctc", [f"task.data={ft}", f"task.label_dir={ft}", f"model.w2v_path={base}"], run, threads)
-        _mark(work, "hubert_mini_ctc_train", {"save_dir": str(run)})
+        _mark(work, step, {"save_dir": str(run), "start": start})
     out = ZOO / "hubert_mini_ctc"
     sha = pack(run / "checkpoint_best.pt", out / "hubert_mini_ctc.pt", model_name="hubert_ctc", pretrained=base)
     atomic_write_text(out / "dict.ltr.txt", (ft / "dict.ltr.txt").read_text())
@@ -319,34 +324,47 @@ def build_hubert_mini_ctc(work: Path, threads: int, fsdd_dir: str) -> None:
 
     res = evaluate_ctc_teacher(out / "hubert_mini_ctc.pt", out, {s: ft / f"{s}.tsv" for s in ("test_synth", "test_fsdd", "valid")},
                                threads=threads)
-    atomic_write_text(work / "hubert_mini_ctc_eval.json", json.dumps(res, indent=1) + "\n")  # with every hypothesis
-    from tools.zoo_baseline import plot_curves
-
-    scratch_log = work / "runs/scratch_s12/train.log"
-    plot_curves(run / "train.log", scratch_log, out / "learning_curve.png")
-    write_card("hubert_mini_ctc", hubert_mini_ctc_card(_data(work), sha, res, run / "train.log", scratch_log))
+    atomic_write_text(work / f"{step}_eval.json", json.dumps(res, indent=1) + "\n")  # with every hypothesis
+    conf = yaml.safe_load((CONF / "hubert_mini_ctc.yaml").read_text())["optimization"]
+    record_run("hubert_mini_ctc", run.name, run / "train.log", start, conf["max_update"], conf["lr"][0], curve=CTC_CURVE,
+               extra={"pretrain_updates": sum(r["updates"] for r in read_history("hubert_mini")["runs"]),
+                      "test": {k: {n: v[n] for n in ("utterances", "wer", "cer")} for k, v in res.items()}})
+    render_ctc_card(work)
     log.info("hubert_mini_ctc WER: %s", {k: v["wer"] for k, v in res.items()})
 
 
-def build_scratch_baseline(work: Path, threads: int, fsdd_dir: str) -> None:
-    """The quality bar's from-scratch student on the labelled set (``tools/zoo_baseline.py``)."""
-    from tools.zoo_baseline import SCRATCH_OVERRIDES
+def render_ctc_card(work: Path) -> None:
+    """``zoo/hubert_mini_ctc``: card and learning-curve plot from the shipped weights and ``history.json``."""
+    from tools.zoo_baseline import plot_curves
+
+    plot_curves(read_history("hubert_mini_ctc"), ZOO / "hubert_mini_ctc/learning_curve.png")
+    write_card("hubert_mini_ctc", hubert_mini_ctc_card(_data(work), file_sha256(str(ZOO / "hubert_mini_ctc/hubert_mini_ctc.pt"))))
+
+
+def build_scratch_baseline(work: Path, threads: int, fsdd_dir: str, max_update: int = 0) -> None:
+    """The quality bar's from-scratch student on the labelled set (``tools/zoo_baseline.py``; ``max_update``: stop
+    there instead of the config's budget, e.g. to record a run cut short), scored on the test sets and recorded beside
+    the teacher's runs; the CTC card is re-rendered when the teacher has a run."""
+    from tools.zoo_baseline import SCRATCH_OVERRIDES, record_baseline, test_wers
 
     make_data(work, fsdd_dir)
-    ft = work / "finetune"
-    fairseq_train("kd_streaming", [f"task.data={ft}", *SCRATCH_OVERRIDES], work / "runs/scratch_s12", threads,
-                  config_dir=ROOT / "conf/fairseq")
+    ft, run = work / "finetune", work / "runs/scratch_s12"
+    fairseq_train("kd_streaming", [f"task.data={ft}", *SCRATCH_OVERRIDES, *([f"optimization.max_update={max_update}"]
+                                                                         if max_update else [])],
+                  run, threads, config_dir=ROOT / "conf/fairseq")
+    hist = record_baseline(run / "train.log", run / "checkpoint_best.pt", test_wers(run / "checkpoint_best.pt", ft))
+    if hist["runs"]:
+        render_ctc_card(work)
 
 
 def status(work: Path) -> None:
-    for step in ("data", "kmeans", "hubert_mini_train", "hubert_mini_ctc_train"):
-        print(f"{step:24s} {'done' if _done(work, step) else 'not done'}")
-    more = sorted(p.name for p in (work / "runs").glob("hubert_mini_more_*"))
-    for name in ["hubert_mini", *more, "hubert_mini_ctc"]:
-        ckpt = work / "runs" / name / "checkpoint_last.pt"
-        lines = (work / "runs" / name / "train.log").read_text().splitlines() if (work / "runs" / name / "train.log").is_file() else []
+    stamps = sorted(p.stem for p in (work / "stamps").glob("*.json")) if (work / "stamps").is_dir() else []
+    print(f"{'done':24s} {', '.join(stamps) or '-'}")
+    for run in sorted((work / "runs").glob("*")) if (work / "runs").is_dir() else []:
+        lines = (run / "train.log").read_text().splitlines() if (run / "train.log").is_file() else []
         upd = [int(m.group(1)) for m in map(_UPD.search, lines) if m]
-        print(f"{name:24s} checkpoint_last {'present' if ckpt.is_file() else 'absent'}; last logged update {upd[-1] if upd else '-'}")
+        print(f"{run.name:24s} checkpoint_last {'present' if (run / 'checkpoint_last.pt').is_file() else 'absent'}; "
+              f"last logged update {upd[-1] if upd else '-'}")
 
 
 def main(argv=None) -> None:
@@ -356,6 +374,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--more-updates", type=int, default=0, help="hubert_mini: continue the shipped model for this many "
                    "updates (fresh optimizer; resumable; added to zoo/hubert_mini/history.json)")
+    p.add_argument("--max-update", type=int, default=0, help="scratch_s12: stop the baseline at this update instead of "
+                   "its config's 12000 (records a run cut short; fairseq resumes, sees the limit and stops)")
     p.add_argument("--fsdd-dir", default=str(ROOT.parent / "shared/data/fsdd"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -368,10 +388,15 @@ def main(argv=None) -> None:
     elif a.model == "hubert_mini":
         build_hubert_mini(work, a.threads, a.fsdd_dir, a.more_updates)
     elif a.model == "scratch_s12":
-        build_scratch_baseline(work, a.threads, a.fsdd_dir)
+        build_scratch_baseline(work, a.threads, a.fsdd_dir, a.max_update)
     else:
         build_hubert_mini_ctc(work, a.threads, a.fsdd_dir)
 
 
 if __name__ == "__main__":
-    main()
+    from kd_core.errors import KDConfigError
+
+    try:
+        main()
+    except KDConfigError as e:  # bad input (a missing model or file): one line, no traceback
+        sys.exit(f"build_zoo: error: {e}")

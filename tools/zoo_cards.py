@@ -42,13 +42,21 @@ def read_history(name: str) -> Dict:
     return json.loads(path.read_text()) if path.is_file() else {"runs": [], "notes": []}
 
 
-def record_run(name: str, run: str, log: Path, start: Optional[str], updates: int, lr: float) -> Dict:
-    """Add (or replace: same ``run`` and ``start``) the record of a finished fairseq run to ``zoo/<name>/history.json``;
-    a run from random initialisation (``start`` None) replaces the whole history. Returns the history."""
+#: the valid values a history keeps per model kind: card name -> fairseq ``valid_<key>``
+PRETRAIN_CURVE = {"loss": "loss", "accuracy": "correct_m_0"}
+CTC_CURVE = {"loss": "loss", "uer": "uer", "wer": "wer"}
+
+
+def record_run(name: str, run: str, log: Path, start: Optional[str], updates: int, lr: float,
+               curve: Dict[str, str] = PRETRAIN_CURVE, extra: Optional[Dict] = None) -> Dict:
+    """Add (or replace: same ``run`` and ``start``) the record of a finished fairseq run to ``zoo/<name>/history.json``
+    (its valid ``curve`` values and any ``extra`` fields); a run from random initialisation (``start`` None) replaces
+    every run before it. The newest record comes last: it made the shipped weights. Returns the history."""
     hist = read_history(name)
-    curve = [{"update": int(r["update"]), "loss": float(r["loss"]), "accuracy": float(r["correct_m_0"])}
-             for r in learning_curve(log, ["loss", "correct_m_0"]) if r["update"] != "?"]
-    rec = {"run": run, "start": start, "updates": updates, "lr": lr, "cpu_hours": round(train_hours(log), 2), "curve": curve}
+    points = [{"update": int(r["update"]), **{k: float(r[v]) for k, v in curve.items()}}
+              for r in learning_curve(log, list(curve.values())) if "?" not in r.values()]
+    rec = {"run": run, "start": start, "updates": updates, "lr": lr, "cpu_hours": round(train_hours(log), 2),
+           **(extra or {}), "curve": points}
     runs = [] if start is None else [r for r in hist["runs"] if (r["run"], r["start"]) != (run, start)]
     hist = {**hist, "runs": runs + [rec]}
     atomic_write_text(ZOO / name / "history.json", json.dumps(hist, indent=1) + "\n")
@@ -118,9 +126,9 @@ def hubert_mini_card(data: List[str], sha: str) -> str:
     return "\n".join(lines)
 
 
-def hubert_mini_ctc_card(data: List[str], sha: str, res: Dict, log: Path, scratch_log: Path) -> str:
-    """``zoo/hubert_mini_ctc/CARD.md``: the fine-tuning run's ``log``, test WERs ``res`` and the quality bar against
-    the from-scratch student of ``scratch_log``."""
+def hubert_mini_ctc_card(data: List[str], sha: str) -> str:
+    """``zoo/hubert_mini_ctc/CARD.md`` from the shipped weights and ``history.json``: every fine-tuning run (the last
+    one made the shipped weights), its test WERs and the quality bar against the from-scratch baseline."""
     import torch
 
     from tools.zoo_baseline import bar_lines
@@ -128,7 +136,10 @@ def hubert_mini_ctc_card(data: List[str], sha: str, res: Dict, log: Path, scratc
     state = torch.load(ZOO / "hubert_mini_ctc/hubert_mini_ctc.pt", map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in state["model"].values())
     cfg = state["cfg"]
-    curve = learning_curve(log, ["loss", "uer", "wer"])
+    hist = read_history("hubert_mini_ctc")
+    runs = hist["runs"]
+    shipped = runs[-1]
+    sets = list(shipped["test"])
     lines = ["# hubert_mini_ctc", "",
              "`hubert_mini` fine-tuned for character CTC with fairseq's own path: `hubert_pretraining` task in fine-tuning",
              "mode, fairseq's `HubertCtc` (registered buildable as `kd_hubert_ctc`: fairseq issue #4916) and the `ctc`",
@@ -137,19 +148,30 @@ def hubert_mini_ctc_card(data: List[str], sha: str, res: Dict, log: Path, scratc
              "alphabet (after fairseq's 4 specials; blank = `<s>`).", "",
              "| | |", "|---|---|",
              f"| parameters | {params / 1e6:.2f}M |",
+             f"| fine-tuned from | `hubert_mini` after {shipped['pretrain_updates']} pre-training updates (sha256 "
+             f"`{shipped['start'][:12]}...`) |",
              f"| updates | {cfg['optimization']['max_update']} (20 s of audio each, lr {cfg['optimization']['lr'][0]}, tri-stage; "
              f"encoder frozen for the first {cfg['model']['freeze_finetune_updates']}) |",
-             f"| CPU time | {train_hours(log):.2f} h on one thread |",
+             f"| CPU time | {shipped['cpu_hours']:.2f} h on one thread |",
              "| selected | best valid WER (`checkpoint_best.pt`) |",
              f"| sha256 | `{sha}` |",
              "| command | `python -m tools.build_zoo hubert_mini_ctc` |", "",
              "## WER (greedy CTC, `tools/zoo_eval.py` through `load_teacher(\"fairseq\", ...)`, jiwer)", "",
              "| set | utterances | WER % | CER % |", "|---|---|---|---|"] + [
-             f"| {k} | {v['utterances']} | {v['wer']} | {v['cer']} |" for k, v in res.items()] + [
+             f"| {k} | {v['utterances']} | {v['wer']} | {v['cer']} |" for k, v in shipped["test"].items()] + [
+             "", "## Fine-tuning runs (`history.json`; the last one is shipped)", "",
+             "| run | from hubert_mini at | updates | CPU hours | best valid WER % (its UER) | " + " | ".join(
+                 f"{k} WER %" for k in sets) + " |", "|---" * (5 + len(sets)) + "|"] + [
+             f"| {r['run']} | update {r['pretrain_updates']} | {r['updates']} | {r['cpu_hours']:.2f} | "
+             f"{min(r['curve'], key=lambda c: c['wer'])['wer']:.1f} ({min(r['curve'], key=lambda c: c['wer'])['uer']:.1f}) | "
+             + " | ".join(f"{r['test'][k]['wer']}" for k in sets) + " |" for r in runs] + [
              "", "## Data", ""] + data + [
              "", "## Quality bar: against the best from-scratch student of at most 1/12 the parameters", ""] + bar_lines(
-             log, scratch_log, params / 1e6) + [
-             "", "![valid UER and WER of the teacher and the scratch student](learning_curve.png)", "",
-             "## Learning curve (valid, fairseq's own greedy decoding)", "", "| update | loss | UER % | WER % |",
-             "|---|---|---|---|"] + [f"| {r['update']} | {r['loss']} | {r['uer']} | {r['wer']} |" for r in curve] + [""]
+             hist, params / 1e6) + [
+             "", "![valid UER and WER of every fine-tuning and the scratch student](learning_curve.png)", "",
+             "## Learning curve of the shipped run (valid, fairseq's own greedy decoding)", "",
+             "| update | loss | UER % | WER % |", "|---|---|---|---|"] + [
+             f"| {c['update']} | {c['loss']:g} | {c['uer']:g} | {c['wer']:g} |" for c in shipped["curve"]] + [""]
+    if hist["notes"]:
+        lines += ["## Also tried (not shipped)", ""] + [n for note in hist["notes"] for n in (note, "")]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ TEACHER_INFO_KEYS = ("num_layers", "hidden_size", "vocab_size", "frame_shift_ms"
 _FILE_HASHES: Dict[Tuple[str, int, int], str] = {}
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     """sha256 of a file, streamed; memoised per process on (path, size, mtime)."""
     st = os.stat(path)
     memo = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
@@ -55,7 +55,7 @@ def teacher_fingerprint(teacher_type: str, teacher_path: str, teacher: Optional[
     path = str(teacher_path)
     require(not os.path.isdir(path), f"teacher_path={path}: is a directory; pass the checkpoint file the cache is for")
     if os.path.isfile(path):
-        content = "sha256:" + _file_sha256(path)
+        content = "sha256:" + file_sha256(path)
     else:
         require(os.path.sep not in path and not path.endswith((".pt", ".pth", ".zip", ".tar.gz", ".tgz")),
                 f"teacher_path={path}: file not found; pass the teacher checkpoint the cache is for")

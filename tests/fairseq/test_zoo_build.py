@@ -80,6 +80,28 @@ def test_zoo_pipeline_pretrain_finetune_pack_load(fairseq_data, tmp_path, monkey
     build_zoo.pack(run_ft / "checkpoint_best.pt", shipped, model_name="hubert_ctc", pretrained=base)
     state = torch.load(shipped, weights_only=False)
     assert state["cfg"]["model"]["_name"] == "hubert_ctc" and state["cfg"]["model"]["w2v_args"]["model"]["encoder_layers"] == 2
+    # the CTC model's history: one record per fine-tuning (keyed by the hubert_mini it started from), the scratch
+    # baseline beside them, and the card's quality bar read from both
+    from tools import zoo_baseline
+
+    (tmp_path / "zoo/hubert_mini_ctc").mkdir()
+    shutil.copy(shipped, tmp_path / "zoo/hubert_mini_ctc/hubert_mini_ctc.pt")
+    test = {"test": {"utterances": 4, "wer": 50.0, "cer": 20.0}}
+    for start in ("ab" * 32, "cd" * 32, "cd" * 32):
+        hist = zoo_cards.record_run("hubert_mini_ctc", "ctc", run_ft / "train.log", start, 3, 3e-4, curve=zoo_cards.CTC_CURVE,
+                                    extra={"pretrain_updates": 4, "test": test})
+    assert [r["start"][:2] for r in hist["runs"]] == ["ab", "cd"] and hist["runs"][-1]["curve"][-1]["update"] == 3
+    card = zoo_cards.hubert_mini_ctc_card(["- data"], "ef" * 32)
+    assert "No scratch baseline yet" in card and card.count("| ctc | update 4 | 3 |") == 2
+    hist = zoo_baseline.record_baseline(run_ft / "train.log", run_ft / "checkpoint_best.pt",  # any fairseq CTC run
+                                        {"test": {"utterances": 4, "wer": 80.0}})
+    assert len(hist["runs"]) == 2 and [c["wer"] for c in hist["baseline"]["curve"]] == [c["wer"] for c in hist["runs"][-1]["curve"]]
+    card = zoo_cards.hubert_mini_ctc_card(["- data"], "ef" * 32)
+    assert "on both test sets): test +37.5 %: **met**" in card  # (80 - 50) / 80
+    zoo_baseline.record_baseline(run_ft / "train.log", run_ft / "checkpoint_best.pt", {"test": {"utterances": 4, "wer": 60.0}})
+    assert "test +16.7 %: **not met**" in zoo_cards.hubert_mini_ctc_card(["- data"], "ef" * 32)
+    zoo_baseline.plot_curves(hist, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     # fairseq's own model: stock loader (after importing the user dir, as fairseq does), weights rounded as shipped
     import fairseq_kd  # noqa: F401
 
