@@ -345,14 +345,14 @@ def build_scratch_baseline(work: Path, threads: int, fsdd_dir: str, max_update: 
     """The quality bar's from-scratch student on the labelled set (``tools/zoo_baseline.py``; ``max_update``: stop
     there instead of the config's budget, e.g. to record a run cut short), scored on the test sets and recorded beside
     the teacher's runs; the CTC card is re-rendered when the teacher has a run."""
-    from tools.zoo_baseline import SCRATCH_OVERRIDES, record_baseline, test_wers
+    from tools.zoo_baseline import SCRATCH_OVERRIDES, record_baseline, score_test_sets
 
     make_data(work, fsdd_dir)
     ft, run = work / "finetune", work / "runs/scratch_s12"
     fairseq_train("kd_streaming", [f"task.data={ft}", *SCRATCH_OVERRIDES, *([f"optimization.max_update={max_update}"]
                                                                          if max_update else [])],
                   run, threads, config_dir=ROOT / "conf/fairseq")
-    hist = record_baseline(run / "train.log", run / "checkpoint_best.pt", test_wers(run / "checkpoint_best.pt", ft))
+    hist = record_baseline(run / "train.log", run / "checkpoint_best.pt", score_test_sets(run / "checkpoint_best.pt", ft))
     if hist["runs"]:
         render_ctc_card(work)
 

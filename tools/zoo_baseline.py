@@ -24,7 +24,7 @@ def valid_curve(log: Path) -> List[Dict[str, float]]:
     return [{k: float(v) for k, v in r.items()} for r in learning_curve(log, ["uer", "wer"]) if r["wer"] != "?"]
 
 
-def test_wers(checkpoint: Path, data: Path, splits=("test_synth", "test_fsdd")) -> Dict[str, Dict]:
+def score_test_sets(checkpoint: Path, data: Path, splits=("test_synth", "test_fsdd")) -> Dict[str, Dict]:
     """Greedy-CTC WER of a ``kd_streaming_student`` checkpoint on the teacher's test sets (``fairseq_kd.decode``)."""
     from fairseq_kd.decode import decode_split, load_checkpoint, word_error_rate
 
@@ -39,20 +39,15 @@ def test_wers(checkpoint: Path, data: Path, splits=("test_synth", "test_fsdd")) 
 def record_baseline(log: Path, checkpoint: Path, test: Dict[str, Dict]) -> Dict:
     """Put the baseline run (fairseq ``log``, the selected ``checkpoint`` for the size, its ``test`` WERs) into
     ``zoo/hubert_mini_ctc/history.json``."""
-    import json
-
     import torch
 
-    from kd_core.atomic import atomic_write_text
-    from tools.zoo_cards import ZOO, read_history, train_hours
+    from tools.zoo_cards import read_history, train_hours, write_history
 
     params = sum(v.numel() for v in torch.load(checkpoint, map_location="cpu", weights_only=False)["model"].values())
     curve = valid_curve(log)
-    hist = {**read_history("hubert_mini_ctc"), "baseline": {
+    return write_history("hubert_mini_ctc", {**read_history("hubert_mini_ctc"), "baseline": {
         "run": "scratch_s12", "params": params, "updates": int(curve[-1]["update"]) if curve else 0,
-        "cpu_hours": round(train_hours(log), 2), "test": test, "curve": curve}}
-    atomic_write_text(ZOO / "hubert_mini_ctc/history.json", json.dumps(hist, indent=1) + "\n")
-    return hist
+        "cpu_hours": round(train_hours(log), 2), "test": test, "curve": curve}})
 
 
 def bar_lines(hist: Dict, teacher_params: float) -> List[str]:

@@ -58,7 +58,10 @@ def record_run(name: str, run: str, log: Path, start: Optional[str], updates: in
     rec = {"run": run, "start": start, "updates": updates, "lr": lr, "cpu_hours": round(train_hours(log), 2),
            **(extra or {}), "curve": points}
     runs = [] if start is None else [r for r in hist["runs"] if (r["run"], r["start"]) != (run, start)]
-    hist = {**hist, "runs": runs + [rec]}
+    return write_history(name, {**hist, "runs": runs + [rec]})
+
+
+def write_history(name: str, hist: Dict) -> Dict:
     atomic_write_text(ZOO / name / "history.json", json.dumps(hist, indent=1) + "\n")
     return hist
 
