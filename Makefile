@@ -14,11 +14,15 @@ demo: install
 	cd $(RECIPE) && PATH=$(CURDIR)/.venv/bin:$$PATH ./run.sh --python python
 	@cat $(RECIPE)/exp/RESULTS.md
 
+# Two pytest workers (one per core), one thread each; slow tests are collected first (tests/conftest.py) and an idle
+# worker steals queued tests, so the long end-to-end runs overlap everything else.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra -n 2 --dist worksteal
+
 test: install
-	$(PY) -m pytest -q -ra tests
+	$(PYTEST) tests
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # Teacher vs distilled streaming students (WER x latency x size x speed): bench/results/summary.md + PNGs.
 # Resumable by stage (re-running skips finished stages/models); <= 150 min on 2 CPU cores, bench-quick ~10 min.

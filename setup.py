@@ -20,7 +20,7 @@ setup(
         "espnet": ["espnet==202511", "espnet-model-zoo==0.1.7", "sentencepiece"],
         "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0"],
         "deploy": ["onnx==1.23.2", "onnxruntime==1.32.0", "sherpa-onnx==2.0.1"],
-        "test": ["pytest", "jiwer", "matplotlib"],
+        "test": ["pytest", "pytest-xdist", "jiwer", "matplotlib"],
     },
     license="Apache-2.0",
 )

@@ -26,3 +26,14 @@ def tiny_teachers(tmp_path_factory):
     from tools.make_tiny_teachers import make_tiny_teachers
 
     return make_tiny_teachers(tmp_path_factory.mktemp("teachers"), seed=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest first: ``slow`` tests before the rest, ordered by their ``minutes`` hint (``@pytest.mark.slow(minutes=12)``,
+    default 1). With ``-n 2 --dist worksteal`` (``make test``) one worker starts on the longest runs while the other
+    works from the end of the queue, so the suite ends when its total work, not its longest chain, is done."""
+    def cost(item):
+        mark = item.get_closest_marker("slow")
+        return 0.0 if mark is None else float(mark.kwargs.get("minutes", 1))
+
+    items.sort(key=cost, reverse=True)  # stable: equal costs keep their collection order

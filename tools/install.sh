@@ -39,8 +39,10 @@ log "torch 2.9.1 + torchaudio 2.9.1 (large download on first run)"
 "${PIP[@]}" install torch==2.9.1 torchaudio==2.9.1
 log "espnet 202511 + espnet_model_zoo 0.1.7 + tools"
 "${PIP[@]}" install torch==2.9.1 espnet==202511 espnet-model-zoo==0.1.7 sentencepiece jiwer pyyaml \
-  pytest soundfile matplotlib cython tqdm resampy tensorboard transformers==5.24.0 \
-  onnx==1.23.2 onnxruntime==1.32.0 sherpa-onnx==2.0.1
+  pytest pytest-xdist soundfile matplotlib cython tqdm resampy tensorboard transformers==5.24.0 \
+  onnx==1.23.2 onnxruntime==1.32.0 sherpa-onnx==2.0.1 "inflect<7"
+# inflect<7: 7.x (pulled in by espnet's g2p_en) instruments its functions with typeguard at import, ~5 s of every
+# ESPnet process's ~30 s start-up on a 2-core machine (python -X importtime); 6.2 has the same API, no instrumenting.
 if ! "$VENV/bin/python" -c "import fairseq.libbase" 2>/dev/null; then
   log "fairseq-fixed 0.12.3.1, compiled against the installed torch (no build isolation, no cache)"
   "${PIP[@]}" install hydra-core==1.3.2 omegaconf==2.3.0 bitarray sacrebleu regex cffi scikit-learn

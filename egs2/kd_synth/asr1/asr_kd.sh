@@ -5,7 +5,8 @@
 #   1 data   2 dump/raw   3 sentencepiece tokenizer   4 collect stats   5 teacher (train + pack,
 #   skipped with --teacher_path)   6 KD training of the streaming student (+ the same student from scratch
 #   with --scratch true)   7 export student   8 decoding (students offline + chunk-by-chunk streaming; the
-#   teacher: ESPnet's asr_inference, or greedy CTC through load_teacher for a fairseq zoo teacher)
+#   teacher: ESPnet's asr_inference, or greedy CTC through load_teacher for a fairseq zoo teacher; a decoding
+#   finished after its model was written is kept, so re-runs and run_methods.sh decode the teacher once)
 #   9 scoring (jiwer WER, parameters, latency and RTF -> exp/RESULTS.md)
 set -euo pipefail
 
@@ -45,9 +46,13 @@ teacher_dir=exp/asr_teacher
 student_dir=exp/asr_kd_student${student_tag}
 student_dirs=("$student_dir"); [ "$scratch" = true ] && student_dirs+=("${student_dir}_scratch")
 root=$(cd "${KD_ROOT:-../../..}" && pwd)  # the repository (its tools package)
-timed() {  # timed OUT_DIR cmd...: run, then write the wall time to OUT_DIR/decode_seconds (for the RTF column)
-    local out=$1 t0; shift; t0=$(date +%s.%N); run "$@"; mkdir -p "$out"
-    awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f\n", b - a }' > "$out/decode_seconds"
+timed() {  # timed OUT_DIR MODEL cmd...: decode (skipped when OUT_DIR's decoding is newer than MODEL), then write
+            # the wall time to OUT_DIR/decode_seconds (the RTF column; written last, so it marks a finished decoding)
+    local out=$1 model=$2 t0; shift 2
+    if [ -f "$out/decode_seconds" ] && [ "$out/decode_seconds" -nt "$model" ]; then log "up to date: $out"; return; fi
+    t0=$(date +%s.%N); run "$@"; mkdir -p "$out"
+    awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f\n", b - a }' > "$out/decode_seconds.tmp"
+    mv -f "$out/decode_seconds.tmp" "$out/decode_seconds"
 }
 common=(--use_preprocessor true --token_type bpe --bpemodel "$token_dir/bpe.model" --token_list "$token_dir/tokens.txt"
         --non_linguistic_symbols none --cleaner none --g2p none --frontend_conf "fs=$fs" --ngpu 0)
@@ -137,19 +142,19 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     for t in $test_sets_present; do
         data=(--data_path_and_name_and_type "dump/raw/$t/wav.scp,speech,sound")
         if [ "$teacher_path" = "$teacher_dir/teacher.zip" ] && [ -f "$teacher_dir/valid.loss.ave.pth" ]; then
-            timed "$teacher_dir/decode_offline/$t" "$python" -m espnet2.bin.asr_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+            timed "$teacher_dir/decode_offline/$t" "$teacher_dir/valid.loss.ave.pth" "$python" -m espnet2.bin.asr_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
                 --asr_train_config "$teacher_dir/config.yaml" --asr_model_file "$teacher_dir/valid.loss.ave.pth" \
                 --output_dir "$teacher_dir/decode_offline/$t"
         elif [ "$teacher_type" = fairseq ] && [ -n "$teacher_dict" ]; then  # a zoo teacher: greedy CTC, load_teacher
             out=$PWD/exp/teacher_$(basename "${teacher_path%.pt}")/decode_offline/$t
-            timed "$out" env -C "$root" "$python" -m tools.zoo_eval \
+            timed "$out" "$teacher_path" env -C "$root" "$python" -m tools.zoo_eval \
                 --checkpoint "$teacher_path" --dict_dir "$teacher_dict" --wav_scp "$PWD/dump/raw/$t/wav.scp" --out_dir "$out"
         fi
         for dir in "${student_dirs[@]}"; do
-            timed "$dir/decode_offline/$t" "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+            timed "$dir/decode_offline/$t" "$dir/valid.loss.ave.pth" "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
                 --asr_train_config "$dir/config.yaml" --asr_model_file "$dir/valid.loss.ave.pth" \
                 --output_dir "$dir/decode_offline/$t"
-            timed "$dir/decode_streaming/$t" "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
+            timed "$dir/decode_streaming/$t" "$dir/valid.loss.ave.pth" "$python" -m espnet2.bin.asr_kd_inference "${data[@]}" --config "$inference_config" --ngpu 0 \
                 --asr_train_config "$dir/config.yaml" --asr_model_file "$dir/valid.loss.ave.pth" \
                 --kd_chunk_streaming true --output_dir "$dir/decode_streaming/$t"
         done
