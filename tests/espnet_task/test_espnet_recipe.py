@@ -87,7 +87,7 @@ def test_recipe_teacher_stage_and_every_method(tmp_path):
     proc = _run(recipe, "run_methods.sh", "--test_sets", "test_synth")
     rows = _results(recipe)
     models = {r[0] for r in rows}
-    assert {f"asr_kd_student{t}" for t in ("", "_layerwise", "_scratch", "_aux_apc", "_lfmmi", "_stage2")} <= models
+    assert {f"asr_kd_student{t}" for t in ("_scratch", "_layerwise", "_aux_apc", "_lfmmi", "_stage2", "_frontend_b")} <= models
     assert "asr_teacher" in models  # the methods' teacher, decoded with ESPnet's asr_inference ...
     decodes = [line for line in proc.stderr.splitlines() if "(asr_kd.sh)" in line and "espnet2.bin.asr_inference" in line]
     assert len(decodes) == 1  # ... once for all the methods
